@@ -1,0 +1,423 @@
+"""The one per-subject data container shared by SimNSD and real NSD, and the episode sampler.
+
+Every analysis in the book takes a :class:`SubjectData`, whatever produced it:
+:func:`braincorl_lite.simulate.simulate_simnsd` (simulation, with ground truth) or
+:func:`braincorl_lite.nsd.prepare_subject` (real NSD files, no ground truth).
+
+Conventions
+-----------
+* ``features`` are image embeddings, one row per image, L2-normalised (unit norm).
+* ``betas`` are single-image responses averaged over repeats, ``(n_images, n_voxels)``.
+* ``shared_mask`` marks the images every subject saw (NSD's 1,000 shared images); they are the
+  query set of the paper's evaluation. The other images are the subject's unique images, from
+  which support sets are drawn.
+* ``noise_ceiling`` is a fraction in [0, 1]: the share of the variance of the averaged betas that
+  is stimulus-driven (NSD's noise ceiling divided by 100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+__all__ = [
+    "GroundTruth",
+    "SubjectData",
+    "Episode",
+    "EpisodeSampler",
+    "save_subject",
+    "load_subject",
+    "check_support",
+]
+
+#: tolerance on the L2 norm of each feature row
+UNIT_NORM_TOL = 1e-3
+
+
+@dataclass
+class GroundTruth:
+    """What generated a simulated subject's responses (SimNSD only).
+
+    Attributes
+    ----------
+    weights : ndarray, shape (n_voxels, n_features)
+        True linear encoding weights of each voxel.
+    bias : ndarray, shape (n_voxels,)
+        True intercept of each voxel.
+    noise_sd : ndarray, shape (n_voxels,)
+        Standard deviation of the single-trial measurement noise.
+    component : ndarray of int, shape (n_voxels,)
+        Index of the mixture component (see ``SubjectData.meta["components"]``) the voxel's
+        weights were drawn from.
+    unexplained_sd : ndarray, shape (n_voxels,), optional
+        Standard deviation of the stimulus-driven response that is not linear in the features
+        (repeatable across presentations, so inside the noise ceiling, but out of reach of any
+        linear encoder). Zeros when absent.
+    """
+
+    weights: np.ndarray
+    bias: np.ndarray
+    noise_sd: np.ndarray
+    component: np.ndarray
+    unexplained_sd: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if self.unexplained_sd is None:
+            self.unexplained_sd = np.zeros_like(self.noise_sd)
+
+    def effective_noise_var(self, n_repeats: int) -> np.ndarray:
+        """Variance of an averaged beta around ``x . w + b``: noise / n_repeats + unexplained."""
+        return self.noise_sd.astype(np.float64) ** 2 / n_repeats + self.unexplained_sd.astype(np.float64) ** 2
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Noise-free responses ``features @ weights.T + bias``, shape (n_images, n_voxels)."""
+        return features @ self.weights.T + self.bias[None, :]
+
+
+@dataclass
+class SubjectData:
+    """One subject of an NSD-like experiment, simulated or real.
+
+    Parameters
+    ----------
+    subject : str
+        Subject name, e.g. ``"sim-01"`` or ``"subj01"``.
+    features : ndarray, shape (n_images, n_features)
+        Unit-norm image embeddings.
+    betas : ndarray, shape (n_images, n_voxels)
+        Responses averaged over ``n_repeats`` presentations.
+    image_ids : ndarray of int, shape (n_images,)
+        Dataset-wide image identifiers (NSD: 0-based index into the 73k images).
+    shared_mask : ndarray of bool, shape (n_images,)
+        True for the images shared by all subjects (the query images).
+    roi : ndarray of str, shape (n_voxels,)
+        ROI label of each voxel (``"other"`` outside the named ROIs).
+    vertex : ndarray of int, shape (n_voxels,)
+        fsaverage5 vertex id (0..10241 left hemisphere, 10242..20483 right), -1 when the voxel
+        is volumetric and has no vertex.
+    noise_ceiling : ndarray, shape (n_voxels,)
+        Noise ceiling of the averaged betas, as a fraction.
+    n_repeats : int
+        Number of presentations averaged into each beta.
+    captions : ndarray of str, optional
+        One caption per image (SimNSD; NSD's COCO captions when prepared).
+    truth : GroundTruth, optional
+        Only for simulated data.
+    meta : dict
+        Free-form provenance (dataset name, seeds, units). Values must be JSON-serialisable.
+    """
+
+    subject: str
+    features: np.ndarray
+    betas: np.ndarray
+    image_ids: np.ndarray
+    shared_mask: np.ndarray
+    roi: np.ndarray
+    vertex: np.ndarray
+    noise_ceiling: np.ndarray
+    n_repeats: int = 3
+    captions: Optional[np.ndarray] = None
+    truth: Optional[GroundTruth] = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.features = np.asarray(self.features, dtype=np.float32)
+        self.betas = np.asarray(self.betas, dtype=np.float32)
+        self.image_ids = np.asarray(self.image_ids, dtype=np.int64)
+        self.shared_mask = np.asarray(self.shared_mask, dtype=bool)
+        self.roi = np.asarray(self.roi).astype(str)
+        self.vertex = np.asarray(self.vertex, dtype=np.int64)
+        self.noise_ceiling = np.asarray(self.noise_ceiling, dtype=np.float32)
+        if self.captions is not None:
+            self.captions = np.asarray(self.captions).astype(str)
+        self.validate()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_images(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_voxels(self) -> int:
+        return self.betas.shape[1]
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def unique_idx(self) -> np.ndarray:
+        """Row indices of the subject's unique images (the support pool)."""
+        return np.flatnonzero(~self.shared_mask)
+
+    @property
+    def shared_idx(self) -> np.ndarray:
+        """Row indices of the shared images (the query set)."""
+        return np.flatnonzero(self.shared_mask)
+
+    @property
+    def roi_names(self) -> list:
+        """ROI labels present, in order of first appearance with ``"other"`` last."""
+        names = list(dict.fromkeys(self.roi.tolist()))
+        if "other" in names:
+            names.remove("other")
+            names.append("other")
+        return names
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.truth is not None or str(self.meta.get("dataset", "")).startswith("sim")
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check shapes, finiteness and unit-norm features; raise ``ValueError`` with a reason."""
+        n_img, n_vox = self.betas.shape if self.betas.ndim == 2 else (None, None)
+        if self.features.ndim != 2:
+            raise ValueError(f"features must be 2-D (n_images, n_features), got shape {self.features.shape}")
+        if self.betas.ndim != 2:
+            raise ValueError(f"betas must be 2-D (n_images, n_voxels), got shape {self.betas.shape}")
+        if self.features.shape[0] != n_img:
+            raise ValueError(
+                f"features have {self.features.shape[0]} images but betas have {n_img}: "
+                "rows of features and betas must be the same images"
+            )
+        for name in ("image_ids", "shared_mask"):
+            arr = getattr(self, name)
+            if arr.shape != (n_img,):
+                raise ValueError(f"{name} must have shape ({n_img},) (one per image), got {arr.shape}")
+        for name in ("roi", "vertex", "noise_ceiling"):
+            arr = getattr(self, name)
+            if arr.shape != (n_vox,):
+                raise ValueError(f"{name} must have shape ({n_vox},) (one per voxel), got {arr.shape}")
+        if self.captions is not None and self.captions.shape != (n_img,):
+            raise ValueError(f"captions must have shape ({n_img},), got {self.captions.shape}")
+        if len(np.unique(self.image_ids)) != n_img:
+            raise ValueError("image_ids contain duplicates: average repeats before building the container")
+        if not np.all(np.isfinite(self.features)):
+            raise ValueError("features contain NaN or infinite values")
+        bad = ~np.isfinite(self.betas)
+        if bad.any():
+            vox = np.flatnonzero(bad.any(axis=0))
+            raise ValueError(
+                f"betas contain NaN or infinite values in {len(vox)} voxel(s) (first: {vox[:5].tolist()}); "
+                "drop or impute those voxels before building the container"
+            )
+        norms = np.linalg.norm(self.features, axis=1)
+        off = np.abs(norms - 1.0) > UNIT_NORM_TOL
+        if off.any():
+            raise ValueError(
+                f"features must be unit-norm (L2): {off.sum()} of {n_img} rows are not "
+                f"(norms from {norms.min():.4f} to {norms.max():.4f}); divide each row by its norm"
+            )
+        if not np.all(np.isfinite(self.noise_ceiling)):
+            raise ValueError("noise_ceiling contains NaN or infinite values")
+        if self.n_repeats < 1:
+            raise ValueError(f"n_repeats must be >= 1, got {self.n_repeats}")
+        if self.truth is not None:
+            t = self.truth
+            if t.weights.shape != (n_vox, self.features.shape[1]):
+                raise ValueError(
+                    f"truth.weights must have shape ({n_vox}, {self.features.shape[1]}), got {t.weights.shape}"
+                )
+            for name in ("bias", "noise_sd", "component", "unexplained_sd"):
+                if getattr(t, name).shape != (n_vox,):
+                    raise ValueError(f"truth.{name} must have shape ({n_vox},), got {getattr(t, name).shape}")
+
+    # ------------------------------------------------------------------ helpers
+    def select_voxels(self, idx) -> "SubjectData":
+        """A new container restricted to the voxels ``idx`` (indices or boolean mask)."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        truth = None
+        if self.truth is not None:
+            t = self.truth
+            truth = GroundTruth(t.weights[idx], t.bias[idx], t.noise_sd[idx], t.component[idx],
+                                t.unexplained_sd[idx])
+        return SubjectData(
+            subject=self.subject,
+            features=self.features,
+            betas=self.betas[:, idx],
+            image_ids=self.image_ids,
+            shared_mask=self.shared_mask,
+            roi=self.roi[idx],
+            vertex=self.vertex[idx],
+            noise_ceiling=self.noise_ceiling[idx],
+            n_repeats=self.n_repeats,
+            captions=self.captions,
+            truth=truth,
+            meta=dict(self.meta),
+        )
+
+    def __repr__(self) -> str:
+        kind = "simulated" if self.is_simulated else "measured"
+        return (
+            f"SubjectData({self.subject!r}, {kind}: {self.n_images} images "
+            f"({self.shared_mask.sum()} shared), {self.n_voxels} voxels, "
+            f"{self.n_features}-d features, ROIs={self.roi_names})"
+        )
+
+
+def check_support(support_idx, data: SubjectData) -> np.ndarray:
+    """Validate a support set (row indices into ``data``) and return it as an int array.
+
+    Raises ``ValueError`` for an empty set, out-of-range or duplicated indices, or shared
+    (query) images used as support.
+    """
+    support_idx = np.asarray(support_idx, dtype=np.int64).ravel()
+    if support_idx.size == 0:
+        raise ValueError("the support set is empty: give at least one (image, response) pair (K >= 1)")
+    if support_idx.min() < 0 or support_idx.max() >= data.n_images:
+        raise ValueError(f"support indices must lie in [0, {data.n_images}), got {support_idx.min()}..{support_idx.max()}")
+    if len(np.unique(support_idx)) != support_idx.size:
+        raise ValueError("the support set contains the same image twice")
+    if data.shared_mask[support_idx].any():
+        raise ValueError(
+            "the support set contains shared images; they are the query set and must stay held out"
+        )
+    return support_idx
+
+
+# ---------------------------------------------------------------------- save / load
+_ARRAYS = ("features", "betas", "image_ids", "shared_mask", "roi", "vertex", "noise_ceiling")
+_TRUTH = ("weights", "bias", "noise_sd", "component", "unexplained_sd")
+
+
+def save_subject(data: SubjectData, path) -> Path:
+    """Save a container to one compressed ``.npz`` file (no pickle). Returns the path."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: getattr(data, name) for name in _ARRAYS}
+    if data.captions is not None:
+        arrays["captions"] = data.captions
+    if data.truth is not None:
+        for name in _TRUTH:
+            arrays[f"truth_{name}"] = getattr(data.truth, name)
+    header = {"subject": data.subject, "n_repeats": int(data.n_repeats), "meta": data.meta, "format": 1}
+    arrays["header_json"] = np.array(json.dumps(header))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_subject(path) -> SubjectData:
+    """Load a container written by :func:`save_subject` (validated on load)."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no subject file at {path}")
+    with np.load(path, allow_pickle=False) as f:
+        header = json.loads(str(f["header_json"]))
+        kw = {name: f[name] for name in _ARRAYS}
+        captions = f["captions"] if "captions" in f.files else None
+        truth = None
+        if "truth_weights" in f.files:
+            truth = GroundTruth(*(f[f"truth_{name}"] for name in _TRUTH))
+    return SubjectData(
+        subject=header["subject"], n_repeats=header["n_repeats"], meta=header["meta"],
+        captions=captions, truth=truth, **kw,
+    )
+
+
+# ---------------------------------------------------------------------- episodes
+@dataclass
+class Episode:
+    """A batch of tasks (one task = one voxel) that share the same support and query images.
+
+    Attributes
+    ----------
+    support_x : ndarray (K, E)      support image features
+    support_y : ndarray (B, K)      responses of the B voxels to the support images
+    query_x : ndarray (Q, E)        query image features
+    query_y : ndarray (B, Q)        measured responses to the query images
+    voxels : ndarray (B,)           voxel indices into the subject
+    support_idx, query_idx : ndarray  image row indices into the subject
+    """
+
+    support_x: np.ndarray
+    support_y: np.ndarray
+    query_x: np.ndarray
+    query_y: np.ndarray
+    voxels: np.ndarray
+    support_idx: np.ndarray
+    query_idx: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return self.support_x.shape[0]
+
+
+class EpisodeSampler:
+    """Draw in-context tasks from one subject: support from unique images, query from shared ones.
+
+    Parameters
+    ----------
+    data : SubjectData
+    seed : int
+        Seed of the sampler's own random generator.
+    query_from : {"shared", "unique"}
+        Where query images come from. ``"shared"`` (default) is the paper's evaluation; during
+        meta-training on a training subject ``"unique"`` uses held-out unique images instead so
+        that the shared images stay untouched.
+
+    Examples
+    --------
+    >>> from braincorl_lite.simulate import simulate_simnsd
+    >>> subj = simulate_simnsd(size="tiny")[0]
+    >>> ep = EpisodeSampler(subj, seed=0).sample(k=20, n_voxels=8, n_query=50)
+    >>> ep.support_y.shape, ep.query_y.shape
+    ((8, 20), (8, 50))
+    """
+
+    def __init__(self, data: SubjectData, seed: int = 0, query_from: str = "shared"):
+        if query_from not in ("shared", "unique"):
+            raise ValueError("query_from must be 'shared' or 'unique'")
+        self.data = data
+        self.rng = np.random.default_rng(seed)
+        self.query_from = query_from
+
+    def sample(self, k: int, n_voxels: Optional[int] = None, n_query: Optional[int] = None,
+               voxels=None) -> Episode:
+        """One episode with ``k`` support images and ``n_voxels`` random voxels (all if None)."""
+        d = self.data
+        if k < 1:
+            raise ValueError("the support set is empty: k must be >= 1")
+        pool = d.unique_idx
+        if self.query_from == "unique":
+            need = k + (n_query or 1)
+            if need > pool.size:
+                raise ValueError(f"k + n_query = {need} exceeds the {pool.size} unique images")
+            perm = self.rng.permutation(pool)
+            support = np.sort(perm[:k])
+            qpool = perm[k:]
+        else:
+            if k > pool.size:
+                raise ValueError(f"k = {k} exceeds the {pool.size} unique images of {d.subject}")
+            support = np.sort(self.rng.choice(pool, size=k, replace=False))
+            qpool = d.shared_idx
+        if n_query is None or n_query >= qpool.size:
+            query = np.sort(qpool)
+        else:
+            query = np.sort(self.rng.choice(qpool, size=n_query, replace=False))
+        if voxels is None:
+            if n_voxels is None or n_voxels >= d.n_voxels:
+                voxels = np.arange(d.n_voxels)
+            else:
+                voxels = self.rng.choice(d.n_voxels, size=n_voxels, replace=False)
+        voxels = np.asarray(voxels)
+        return Episode(
+            support_x=d.features[support],
+            support_y=d.betas[support][:, voxels].T.copy(),
+            query_x=d.features[query],
+            query_y=d.betas[query][:, voxels].T.copy(),
+            voxels=voxels,
+            support_idx=support,
+            query_idx=query,
+        )
