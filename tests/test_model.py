@@ -1,0 +1,450 @@
+"""Tests of braincorl_lite.model: invariances, masking, feature transform, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from braincorl_lite.model import (
+    BraInCoRL,
+    CheckpointError,
+    ModelConfig,
+    load_checkpoint,
+    pca_feature_transform,
+    predict,
+    predict_encoders,
+    save_checkpoint,
+    sidecar_path,
+)
+
+E = 16  # feature dimension of the tiny test models
+ATOL = 1e-5
+
+
+def tiny_config(**overrides):
+    values = dict(n_features=E, d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, dropout=0.0)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tiny_model(seed=0, **overrides):
+    """A tiny model with every parameter perturbed.
+
+    The readout starts at zero by design, which would make most invariance tests trivially
+    true; the perturbation gives a generic, non-degenerate network.
+    """
+    torch.manual_seed(seed)
+    model = BraInCoRL(tiny_config(**overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def episode(B=3, K=20, seed=1, shared=True):
+    g = torch.Generator().manual_seed(seed)
+    shape = (K, E) if shared else (B, K, E)
+    x = torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)
+    y = torch.randn(B, K, generator=g)
+    return x, y
+
+
+# ------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_validation():
+    cfg = tiny_config(token_features="concat_xy", n_components=8)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_config(d_model=30)
+    with pytest.raises(ValueError, match="token_features"):
+        tiny_config(token_features="xyz")
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**cfg.to_dict(), "n_blocks": 3})
+
+
+def test_paper_config_parameter_count():
+    with torch.device("meta"):
+        model = BraInCoRL(ModelConfig.paper())
+    n = model.n_parameters()
+    # published: ~97M parameters
+    assert 96.5e6 < n < 97.5e6, n
+
+
+def test_lite_config_is_small():
+    n = BraInCoRL(ModelConfig.lite()).n_parameters()
+    assert 3e5 < n < 2e6, n
+
+
+# ------------------------------------------------------------------------------------------
+# shapes and invariances
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token_features", ["xy", "concat_xy"])
+def test_output_shape_and_permutation_invariance(token_features):
+    model = tiny_model(token_features=token_features)
+    x, y = episode(B=4, K=25, shared=False)
+    hw = model(x, y)
+    assert hw.shape == (4, E + 1)
+    assert torch.isfinite(hw).all()
+    perm = torch.randperm(25, generator=torch.Generator().manual_seed(3))
+    hw_perm = model(x[:, perm], y[:, perm])
+    torch.testing.assert_close(hw_perm, hw, atol=ATOL, rtol=1e-4)
+
+
+def test_not_trivially_constant():
+    """Sanity check of the test fixture: different responses give different encoders."""
+    model = tiny_model()
+    x, y = episode(B=2)
+    hw = model(x, y)
+    assert (hw[0] - hw[1]).abs().max() > 1e-3
+
+
+def test_shared_support_equals_expanded():
+    model = tiny_model(token_features="concat_xy")
+    x, y = episode(B=5, K=12)
+    torch.testing.assert_close(model(x, y), model(x.repeat(5, 1, 1), y), atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("response_norm", [True, False])
+def test_padding_mask_matches_unpadded(response_norm):
+    model = tiny_model(response_norm=response_norm)
+    g = torch.Generator().manual_seed(5)
+    sizes = [7, 15, 1, 10]
+    K = max(sizes) + 3
+    x = torch.nn.functional.normalize(torch.randn(len(sizes), K, E, generator=g), dim=-1)
+    y = torch.randn(len(sizes), K, generator=g)
+    mask = torch.zeros(len(sizes), K, dtype=torch.bool)
+    for i, k in enumerate(sizes):
+        mask[i, :k] = True
+    # garbage in the padding, including NaN and huge values
+    x_pad, y_pad = x.clone(), y.clone()
+    x_pad[~mask] = 1e4 * torch.randn(int((~mask).sum()), E, generator=g)
+    y_pad[~mask] = float("nan")
+    x_pad[0, -1, 0] = float("nan")
+    hw = model(x_pad, y_pad, mask=mask)
+    assert torch.isfinite(hw).all()
+    for i, k in enumerate(sizes):
+        alone = model(x[i : i + 1, :k], y[i : i + 1, :k])
+        torch.testing.assert_close(hw[i : i + 1], alone, atol=ATOL, rtol=1e-4)
+
+
+def test_full_mask_equals_no_mask():
+    model = tiny_model()
+    x, y = episode(B=3, K=9)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    torch.testing.assert_close(model(x, y, mask=mask), model(x, y), atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("K", [1, 1000])
+def test_extreme_support_sizes(K):
+    model = tiny_model()
+    x, y = episode(B=2, K=K)
+    hw = model(x, y)
+    assert hw.shape == (2, E + 1)
+    assert torch.isfinite(hw).all()
+
+
+def test_response_norm_equivariance():
+    model = tiny_model(response_norm=True)
+    x, y = episode(B=4, K=30)
+    a, c = 3.7, -2.1
+    hw = model(x, y)
+    hw2 = model(x, a * y + c)
+    torch.testing.assert_close(hw2[:, :-1], a * hw[:, :-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(hw2[:, -1], a * hw[:, -1] + c, atol=1e-4, rtol=1e-4)
+
+
+def test_initial_model_predicts_the_support_mean():
+    torch.manual_seed(0)
+    model = BraInCoRL(tiny_config(response_norm=True)).eval()
+    x, y = episode(B=3, K=10)
+    hw = model(x, y)
+    assert torch.equal(hw[:, :-1], torch.zeros(3, E))
+    torch.testing.assert_close(hw[:, -1], y.mean(dim=1))
+
+
+def test_log_n_scaling_switch_changes_output():
+    x, y = episode(B=2, K=30)
+    on = tiny_model(log_n_scaling=True)(x, y)
+    off = tiny_model(log_n_scaling=False)(x, y)
+    assert (on - off).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# feature transform
+# ------------------------------------------------------------------------------------------
+
+
+def test_feature_transform_predictions_in_original_space():
+    model = tiny_model()
+    x, y = episode(B=3, K=20)
+    q = torch.nn.functional.normalize(torch.randn(7, E), dim=-1)
+    hw_identity = model(x, y)
+
+    g = torch.Generator().manual_seed(11)
+    rotation, _ = torch.linalg.qr(torch.randn(E, E, generator=g, dtype=torch.float64))
+    mean = 0.1 * torch.randn(E, generator=g)
+    model.set_feature_transform(mean, rotation.float())
+    assert not model._identity_transform
+    hw = model(x, y)
+    assert hw.shape == (3, E + 1)
+
+    # the same network applied by hand to the transformed features must predict the same
+    # responses as the returned original-space hyperweights
+    x_t, q_t = (x - mean) @ rotation.float(), (q - mean) @ rotation.float()
+    model.reset_feature_transform()
+    assert model._identity_transform
+    torch.testing.assert_close(model(x, y), hw_identity)
+    hw_t = model(x_t, y)
+    torch.testing.assert_close(predict(hw, q), predict(hw_t, q_t), atol=1e-4, rtol=1e-4)
+
+
+def test_feature_transform_with_fewer_components():
+    g = np.random.default_rng(0)
+    feats = g.standard_normal((200, E)).astype(np.float32)
+    mean, proj = pca_feature_transform(feats, n_components=6, whiten=True)
+    assert mean.shape == (E,) and proj.shape == (E, 6)
+    cov = np.cov(((feats - mean) @ proj).T)
+    np.testing.assert_allclose(cov, np.eye(6), atol=1e-3)
+
+    model = tiny_model(n_components=6)
+    with pytest.raises(ValueError, match="shape"):
+        model.set_feature_transform(mean, np.eye(E, dtype=np.float32))
+    model.set_feature_transform(mean, proj)
+    x, y = episode(B=2, K=15)
+    hw = model(x, y)
+    assert hw.shape == (2, E + 1)
+    # the weights live in the span of the kept components
+    w = hw[:, :-1].double()
+    basis = torch.as_tensor(proj, dtype=torch.float64)
+    in_span = basis @ torch.linalg.lstsq(basis, w.T).solution
+    torch.testing.assert_close(in_span.T, w, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# attention maps
+# ------------------------------------------------------------------------------------------
+
+
+def test_attention_maps():
+    model = tiny_model()
+    B, K = 3, 11
+    x, y = episode(B=B, K=K)
+    mask = torch.ones(B, K, dtype=torch.bool)
+    mask[1, 6:] = False
+    hw_fast = model(x, y, mask=mask)
+    hw, attention = model(x, y, mask=mask, return_attention=True)
+    torch.testing.assert_close(hw, hw_fast, atol=ATOL, rtol=1e-5)
+
+    cfg = model.config
+    N = cfg.n_registers + K
+    assert len(attention) == cfg.n_layers
+    for probs in attention:
+        assert probs.shape == (B, cfg.n_heads, N, N)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(B, cfg.n_heads, N))
+        assert (probs >= 0).all()
+        padded = cfg.n_registers + torch.arange(6, K)
+        assert torch.equal(probs[1][..., padded], torch.zeros_like(probs[1][..., padded]))
+
+
+# ------------------------------------------------------------------------------------------
+# modes, gradients, devices
+# ------------------------------------------------------------------------------------------
+
+
+def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
+    model = tiny_model(dropout=0.3)
+    x, y = episode(B=4, K=20)
+    assert torch.equal(model(x, y), model(x, y))
+    model.train()
+    assert not torch.equal(model(x, y), model(x, y))
+
+
+def test_gradient_descent_fits_a_fixed_episode():
+    torch.manual_seed(0)
+    model = BraInCoRL(tiny_config())
+    g = torch.Generator().manual_seed(2)
+    B, K, Q = 8, 40, 30
+    w_true = torch.randn(B, E, generator=g)
+    xs = torch.nn.functional.normalize(torch.randn(K + Q, E, generator=g), dim=-1)
+    ys = xs @ w_true.T + 0.3
+    x, y = xs[:K], ys[:K].T
+    xq, yq = xs[K:], ys[K:].T
+
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = torch.nn.functional.mse_loss(model.predict(model(x, y), xq), yq)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(p.grad is not None for p in model.parameters())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_predict_shapes():
+    hw = torch.randn(3, E + 1)
+    q = torch.randn(5, E)
+    out = predict(hw, q)
+    assert out.shape == (3, 5)
+    torch.testing.assert_close(predict(hw, q.expand(3, 5, E)), out)
+    torch.testing.assert_close(out[1, 2], q[2] @ hw[1, :-1] + hw[1, -1])
+
+
+def test_predict_encoders_matches_forward():
+    model = tiny_model().train()
+    x, y = episode(B=10, K=12)
+    mask = torch.rand(10, 12, generator=torch.Generator().manual_seed(0)) > 0.3
+    mask[:, 0] = True
+    out = predict_encoders(model, x.numpy(), y.numpy(), mask=mask.numpy(), chunk_size=3)
+    assert model.training  # mode restored
+    assert isinstance(out, np.ndarray) and out.shape == (10, E + 1) and out.dtype == np.float32
+    model.eval()
+    np.testing.assert_allclose(out, model(x, y, mask=mask).detach().numpy(), atol=ATOL)
+    out_x3 = predict_encoders(model, x.expand(10, 12, E), y, chunk_size=4)
+    np.testing.assert_allclose(out_x3, model(x, y).detach().numpy(), atol=ATOL)
+
+
+def test_bad_shapes_are_rejected():
+    model = tiny_model()
+    x, y = episode(B=3, K=10)
+    with pytest.raises(ValueError, match="support_x"):
+        model(x[:9], y)
+    with pytest.raises(ValueError, match="mask"):
+        model(x, y, mask=torch.ones(3, 9, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    model = tiny_model()
+    x, y = episode(B=6, K=50)
+    mask = torch.ones(6, 50, dtype=torch.bool)
+    mask[2, 20:] = False
+    expected = model(x, y, mask=mask)
+    model_gpu = model.to("cuda")
+    got = model_gpu(x.cuda(), y.cuda(), mask=mask.cuda())
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-3)
+    out = predict_encoders(model_gpu, x, y, mask=mask, chunk_size=4)
+    np.testing.assert_allclose(out, expected.detach().numpy(), atol=1e-4, rtol=1e-3)
+    _, attention = model_gpu(x.cuda(), y.cuda(), mask=mask.cuda(), return_attention=True)
+    assert attention[0].is_cuda
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = tiny_model(token_features="concat_xy")
+    g = torch.Generator().manual_seed(4)
+    rotation, _ = torch.linalg.qr(torch.randn(E, E, generator=g))
+    model.set_feature_transform(torch.randn(E, generator=g), rotation)
+    path = tmp_path / "tiny.safetensors"
+    meta = {"stage": "test", "epoch": np.int64(3), "loss": np.float32(0.25)}
+    save_checkpoint(model, path, meta)
+    return model, path
+
+
+def test_checkpoint_round_trip_is_bit_exact(saved):
+    model, path = saved
+    side = sidecar_path(path)
+    assert side.name == "tiny.json" and side.is_file()
+    info = json.loads(side.read_text())
+    assert info["config"] == model.config.to_dict()
+    assert len(info["sha256"]) == 64
+    assert info["tensors"]["feature_proj"]["shape"] == [E, E]
+
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"stage": "test", "epoch": 3, "loss": 0.25}
+    assert loaded.config == model.config
+    assert not loaded.training
+    assert loaded.n_parameters() == model.n_parameters()
+    assert not loaded._identity_transform
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert state.keys() == loaded_state.keys()
+    for name in state:
+        assert torch.equal(state[name], loaded_state[name]), name
+    x, y = episode(B=3, K=17)
+    assert torch.equal(loaded(x, y), model(x, y))
+
+
+def test_checkpoint_rejects_mismatched_config(saved):
+    _, path = saved
+    side = sidecar_path(path)
+    info = json.loads(side.read_text())
+    info["config"]["d_model"] = 48
+    side.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"tensor 'registers' has shape \(4, 32\).*\(4, 48\)"):
+        load_checkpoint(path)
+
+    info["config"]["d_model"] = 32
+    info["config"]["n_layers"] = 3
+    side.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"missing tensors \['blocks\.2\."):
+        load_checkpoint(path)
+
+    info["config"]["n_layers"] = 1
+    side.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"unexpected tensors \['blocks\.1\."):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_checkpoint_rejects_corrupted_file(saved, damage):
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_rejects_unparsable_file_with_matching_hash(saved):
+    import hashlib
+
+    _, path = saved
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    side = sidecar_path(path)
+    info = json.loads(side.read_text())
+    info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    side.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_rejects_missing_sidecar(saved):
+    _, path = saved
+    sidecar_path(path).unlink()
+    with pytest.raises(ValueError, match="sidecar"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_rejects_unserialisable_metadata(tmp_path):
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(TypeError, match="metadata"):
+        save_checkpoint(tiny_model(), path, {"bad": object()})
+    assert not path.exists()
+
+
+def test_bfloat16_autocast_runs():
+    model = tiny_model()
+    x, y = episode(B=3, K=10)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[0, 4:] = False
+    expected = model(x, y, mask=mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(x, y, mask=mask)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.1)
