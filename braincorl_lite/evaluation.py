@@ -113,6 +113,37 @@ def evaluate_subject(data: SubjectData, ks: Sequence[int], methods: Dict[str, Me
     return (table, voxelwise) if return_voxelwise else table
 
 
+def braincorl_method(model, chunk_size: int = 512) -> Method:
+    """Wrap a :class:`~braincorl_lite.model.BraInCoRL` as a few-shot method ``(X, Y) -> (W, b)``."""
+    from .model import predict_encoders
+
+    def fit(X, Y):
+        hw = predict_encoders(model, np.asarray(X, np.float32), np.asarray(Y, np.float32).T, chunk_size=chunk_size)
+        return hw[:, :-1].astype(np.float64), hw[:, -1].astype(np.float64)
+
+    return fit
+
+
+def evaluate_heldout(model, dataset, heldout: int, ks: Sequence[int], n_draws: int = 2, seed: int = 0,
+                     anatomical: bool = True, oracle: bool = True, progress: bool = True):
+    """The full comparison on subject ``heldout`` (1-based) of a simulated dataset.
+
+    Methods: ``braincorl`` (if ``model`` is given), ``ridge``, ``oracle``, ``fully_trained`` and
+    ``anatomical`` (the other subjects of ``dataset`` provide it). Returns the table of
+    :func:`evaluate_subject`.
+    """
+    i = heldout - 1
+    subj = dataset[i]
+    include = ("ridge", "oracle") if oracle and subj.truth is not None else ("ridge",)
+    methods = few_shot_methods(subj, dataset.subject_prior(i) if "oracle" in include else None, include)
+    if model is not None:
+        methods = {"braincorl": braincorl_method(model), **methods}
+    ft = fully_trained(subj)
+    anat = anatomical_for(dataset, i) if anatomical and len(dataset) > 1 else None
+    return evaluate_subject(subj, ks, methods, n_draws=n_draws, seed=seed, fully_trained_encoder=ft,
+                            anatomical_encoder=anat, progress=progress)
+
+
 def summarise(table, roi: str = "all"):
     """Mean (and sd across draws) of EV per method and K for one ROI, methods as columns."""
     t = table[table.roi == roi]
