@@ -7,6 +7,7 @@ each one's options.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -80,17 +81,19 @@ def _cmd_train(args) -> int:
 
         per_step = measure_step_time(train_subjects, make_config(1.0), device=device)
         scale = args.time_budget * 60 / per_step / sum(s.steps for s in make_config(1.0).stages)
-        print(f"measured {per_step * 1000:.0f} ms per step: scaling the stages by {scale:.2f} "
-              f"to fit {args.time_budget} min")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"measured {per_step * 1000:.0f} ms per step: scaling the stages by {scale:.2f} "
+                  f"to fit {args.time_budget} min")
     config = make_config(scale)
     stages = config.stages
     meta = {"dataset": args.dataset, "size": args.size, "world_seed": args.world_seed, "subject_seed": args.seed,
             "heldout_subjects": sorted(held), "train_subjects": [s.subject for s in train_subjects],
             "command": "braincorl-lite " + " ".join(sys.argv[1:])}
-    print(f"meta-training on {len(train_subjects)} {ds.name} subjects (simulated), holding out {sorted(held)}; "
-          f"{sum(s.steps for s in stages)} steps; output: {args.out}")
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)
+    say(f"meta-training on {len(train_subjects)} {ds.name} subjects (simulated), holding out {sorted(held)}; "
+        f"{sum(s.steps for s in stages)} steps; output: {args.out}")
     train(train_subjects, args.out, config, device=device, resume=not args.no_resume, extra_metadata=meta)
-    print(f"saved {Path(args.out) / 'model.safetensors'}")
+    say(f"saved {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
@@ -197,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Gaussian fitted to the training voxels, context extension with K ~ U(5, k-max), "
                     "finetuning on the training subjects' voxels), holding out one or more subjects. "
                     "Checkpoints go to --out every few hundred steps; rerunning the same command "
-                    "resumes an interrupted run.",
+                    "resumes an interrupted run. For data-parallel training start it with "
+                    "'torchrun --standalone --nproc_per_node=N -m braincorl_lite.cli train ...' "
+                    "(gloo on CPU, nccl on GPUs); --batch-voxels is the global batch.",
     )
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
     p.add_argument("--dataset", choices=["simnsd", "simb5k"], default="simnsd")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Dict, List, Optional, Sequence
 
@@ -599,7 +599,6 @@ class SimDataset:
     config: SimConfig
     world_seed: int
     subject_seed: int
-    images: dict = field(repr=False, default_factory=dict)
 
     def __len__(self):
         return len(self.subjects)
@@ -705,7 +704,7 @@ def _simulate(name, config: SimConfig, world_seed: int, subject_seed: int, progr
                   "components": list(prior.names), "image_category": images["category"][rows].tolist()},
         ))
     return SimDataset(name=name, subjects=subjects, world=world, prior=prior, config=config,
-                      world_seed=world_seed, subject_seed=subject_seed, images=images)
+                      world_seed=world_seed, subject_seed=subject_seed)
 
 
 def simulate_simnsd(size="default", world_seed: int = 0, subject_seed: int = 0,

@@ -134,6 +134,13 @@ class _Batch:
         self.theta, self.norm = theta, norm
         self.query_x, self.query_y = query_x, query_y
 
+    def shard(self, rank: int, world: int) -> "_Batch":
+        """This rank's share of the voxels (every rank drew the same episode)."""
+        sl = slice(rank, None, world)
+        pick = lambda t: None if t is None else t[sl]  # noqa: E731
+        return _Batch(self.support_x, self.support_y[sl], pick(self.theta), pick(self.norm),
+                      self.query_x, pick(self.query_y))
+
 
 class GaussianVoxels:
     """Synthetic voxels: ``theta ~ N(mean, cov)``, responses ``[x, 1] . theta + N(0, noise_var)``.
@@ -246,6 +253,20 @@ def query_loss(hw: torch.Tensor, query_x: torch.Tensor, query_y: torch.Tensor, n
 # --------------------------------------------------------------------------------------------
 # Training loop
 # --------------------------------------------------------------------------------------------
+def _distributed():
+    """``(rank, world_size, local_rank)``; joins the process group when started by ``torchrun``."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def _lr_at(step: int, stage: StageConfig, warmup: int) -> float:
     if step < warmup:
         return stage.lr * (step + 1) / warmup
@@ -324,11 +345,25 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
     -------
     BraInCoRL
         The trained model (in eval mode); also saved as ``run_dir/model.safetensors``.
+
+    Notes
+    -----
+    Under ``torchrun --nproc_per_node=N`` the run is data-parallel (DistributedDataParallel; gloo
+    on CPU, nccl on GPU): every rank draws the same episode and trains on its share of the
+    ``batch_voxels`` voxels, gradients are averaged, so each step equals one single-process step
+    on the whole batch. Rank 0 writes the log and the checkpoints.
     """
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world, local_rank = _distributed()
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if world > 1 and any(st.batch_voxels % world for st in config.stages):
+        raise ValueError(f"batch_voxels must be divisible by the number of processes ({world})")
+    main = rank == 0
+    progress = progress and main
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -359,15 +394,22 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
         state = json.loads(state_path.read_text())
         start_stage, start_step = state["stage"], state["step"]
         config = TrainConfig(**meta["train_config"])  # the run's own recipe, not a new one
-        print(f"resuming {run_dir} at stage {start_stage + 1} step {start_step}")
+        if main:
+            print(f"resuming {run_dir} at stage {start_stage + 1} step {start_step}")
     else:
         mcfg = ModelConfig.from_dict({**config.model, "n_components": config.n_components})
         model = BraInCoRL(mcfg).to(device)
         if config.n_components is not None:
             m, proj = pca_feature_transform(feats, config.n_components, whiten=config.whiten)
             model.set_feature_transform(m, proj)
-        (run_dir / "log.jsonl").write_text("")
+        if main:
+            (run_dir / "log.jsonl").write_text("")
     model.train()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -381,12 +423,21 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
         if "numpy_rng" in state:
             rng.bit_generator.state = state["numpy_rng"]
         elapsed0 = state.get("train_seconds", 0.0)
-    if start_stage >= len(config.stages):
+    if start_stage >= len(config.stages) and main:
         print(f"{run_dir} holds a finished run; nothing to do (use a new folder or resume=False)")
+    if world > 1:
+        extra["distributed"] = {"world_size": world, "backend": torch.distributed.get_backend()}
 
-    log = open(run_dir / "log.jsonl", "a")
+    def save(stage_idx, step):
+        if main:
+            extra["train_seconds"] = elapsed0 + time.perf_counter() - t0
+            _save_state(run_dir, model, optimizer, stage_idx, step, config, extra, generators, rng)
+        if world > 1:
+            torch.distributed.barrier()
+
+    log = open(run_dir / "log.jsonl", "a") if main else None
     t0 = time.perf_counter()
-    done = 0
+    done, stop = 0, False
     for si in range(start_stage, len(config.stages)):
         stage = config.stages[si]
         source = synth if stage.name in ("pretrain", "extend") else subj_tasks
@@ -399,10 +450,12 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
             k = stage.k_max if stage.name == "pretrain" else int(rng.integers(stage.k_min, stage.k_max + 1))
             nq = stage.n_query if config.loss == "query" else 0
             batch = source.sample(stage.batch_voxels, k, nq)
+            if world > 1:
+                batch = batch.shard(rank, world)
             lr = _lr_at(step, stage, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            hw = model(batch.support_x, batch.support_y)
+            hw = net(batch.support_x, batch.support_y)
             if config.loss == "population":
                 loss = population_loss(hw, batch.theta, source.M, batch.norm)
             else:
@@ -411,30 +464,52 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            value = float(loss.detach())
+            value = loss.detach()
+            if world > 1:  # the mean over ranks is the loss of the whole batch
+                torch.distributed.all_reduce(value)
+                value = value / world
+            value = float(value)
             running = value if running is None else 0.98 * running + 0.02 * value
             bar.set_postfix(loss=f"{running:.4f}", k=k)
-            log.write(json.dumps({"stage": stage.name, "step": step, "k": k, "loss": value, "lr": lr,
-                                  "grad_norm": float(gnorm),
-                                  "seconds": elapsed0 + time.perf_counter() - t0}) + "\n")
+            if log is not None:
+                log.write(json.dumps({"stage": stage.name, "step": step, "k": k, "loss": value, "lr": lr,
+                                      "grad_norm": float(gnorm),
+                                      "seconds": elapsed0 + time.perf_counter() - t0}) + "\n")
             done += 1
             stop = stop_after_steps is not None and done >= stop_after_steps and step + 1 < stage.steps
             if ((step + 1) % config.checkpoint_every == 0 and step + 1 < stage.steps) or stop:
-                log.flush()
-                extra["train_seconds"] = elapsed0 + time.perf_counter() - t0
-                _save_state(run_dir, model, optimizer, si, step + 1, config, extra, generators, rng)
+                if log is not None:
+                    log.flush()
+                save(si, step + 1)
             if stop:
-                log.close()
-                model.eval()
-                return model
+                break
         bar.close()
-        extra["train_seconds"] = elapsed0 + time.perf_counter() - t0
-        _save_state(run_dir, model, optimizer, si + 1, 0, config, extra, generators, rng)
+        if stop:
+            break
+        save(si + 1, 0)
         if stop_after_steps is not None and done >= stop_after_steps:
             break
-    log.close()
+    if world > 1:
+        _check_ranks_agree(model, run_dir, main)
+    if log is not None:
+        log.close()
     model.eval()
     return model
+
+
+def _check_ranks_agree(model, run_dir: Path, main: bool) -> None:
+    """Gather every rank's parameters and record on rank 0 how far apart they are (should be 0)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    if main:
+        diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        state = json.loads((run_dir / "state.json").read_text())
+        state["distributed"]["max_param_diff_across_ranks"] = diff
+        (run_dir / "state.json").write_text(json.dumps(state, indent=1))
+    dist.barrier()
 
 
 def measure_step_time(train_subjects, config: TrainConfig, device=None, n_steps: int = 15) -> float:

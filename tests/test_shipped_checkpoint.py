@@ -1,6 +1,5 @@
 """The meta-trained checkpoint that ships with the package, on people it never saw."""
 
-import numpy as np
 import pytest
 
 from braincorl_lite.cli import shipped_checkpoint
