@@ -262,18 +262,13 @@ def simulation_report(dataset, heldout: int = 1, ks=(10, 30, 100, 300, 1000), n_
     print(checks["noise_ceiling"].round(3).to_string())
     print("\ncategory preference of each ROI (from the true weights):")
     print(checks["preference"].to_string())
-    anat = anatomical_for(dataset, i)
-    ft = fully_trained(subj)
-    methods = few_shot_methods(subj, dataset.subject_prior(i))
-    table = evaluate_subject(subj, ks, methods, n_draws=n_draws, seed=seed, fully_trained_encoder=ft,
-                             anatomical_encoder=anat, progress=progress)
-    mean = table[table.roi == "all"].groupby(["method", "k"]).ev.agg(["mean", "std"]).reset_index()
-    full = float(mean[mean.method == "fully_trained"]["mean"].iloc[0])
-    anat_ev = float(mean[mean.method == "anatomical"]["mean"].iloc[0])
+    table = evaluate_heldout(None, dataset, heldout, ks, n_draws=n_draws, seed=seed, progress=progress)
+    mean = table[table.roi == "all"].groupby(["method", "k"]).ev.mean()
+    full = float(mean["fully_trained"].iloc[0])
+    anat_ev = float(mean["anatomical"].iloc[0])
     rows = []
     for k in ks:
-        r = mean[(mean.method == "ridge") & (mean.k == k)]["mean"].iloc[0]
-        o = mean[(mean.method == "oracle") & (mean.k == k)]["mean"].iloc[0]
+        r, o = mean["ridge", k], mean["oracle", k]
         paper = PAPER_RIDGE.get(k, np.nan)
         rows.append({"K": k, "ridge": r, "oracle": o, "oracle - ridge": o - r, "anatomical": anat_ev,
                      "ridge / fully trained": r / full, "paper ridge (NSD)": paper,

@@ -26,6 +26,16 @@ def test_simulate_saves_subjects(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["simnsd-01.npz", "simnsd-02.npz", "simnsd-03.npz"]
 
 
+def test_simulate_report(tmp_path, capsys):
+    csv = tmp_path / "report.csv"
+    assert main(["simulate", "--size", "tiny", "--report", "--k", "10,30", "--draws", "1",
+                 "--report-out", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "a simulation, not NSD" in out and "paper ridge (NSD)" in out and "noise ceiling per ROI" in out
+    table = pd.read_csv(csv)
+    assert set(table.method) == {"ridge", "oracle", "fully_trained", "anatomical"}
+
+
 @pytest.mark.slow
 def test_train_then_evaluate_contract(tmp_path, capsys):
     run = tmp_path / "run"
