@@ -306,7 +306,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, z, key_mask=None, scale=None, return_attention=False):
+    def forward(self, z, key_mask=None, scale=None, return_attention=False, first_only=False):
         """Attend.
 
         Parameters
@@ -318,9 +318,18 @@ class SelfAttention(nn.Module):
             Multiplier of the logits ``q . k`` (including ``1 / sqrt(head_dim)``).
         return_attention : bool
             Use the explicit implementation and also return the probabilities (B, heads, N, N).
+        first_only : bool
+            Compute the output of token 0 only (shape (B, 1, d)): its query attends to every
+            token, the other queries are skipped.
         """
         B, N, d = z.shape
-        q, k, v = self.qkv(z).view(B, N, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        h, hd = self.n_heads, d // self.n_heads
+        if first_only:
+            q = F.linear(z[:, :1], self.qkv.weight[:d], self.qkv.bias[:d]).view(B, 1, h, hd).transpose(1, 2)
+            k, v = F.linear(z, self.qkv.weight[d:], self.qkv.bias[d:]).view(B, N, 2, h, hd).permute(2, 0, 3, 1, 4)
+            N = 1
+        else:
+            q, k, v = self.qkv(z).view(B, N, 3, h, hd).permute(2, 0, 3, 1, 4)
         if scale is None:
             scale = 1.0 / math.sqrt(d // self.n_heads)
         if torch.is_tensor(scale):  # one scale per sequence: fold it into the queries
@@ -353,9 +362,10 @@ class TransformerBlock(nn.Module):
         self.ffn = SwiGLU(d_model, ffn_hidden)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, z, key_mask=None, scale=None, return_attention=False):
-        update, probs = self.attn(self.attn_norm(z), key_mask, scale, return_attention)
-        z = z + self.drop(update)
+    def forward(self, z, key_mask=None, scale=None, return_attention=False, first_only=False):
+        """``first_only`` returns token 0 only, shape (B, 1, d) (see :class:`SelfAttention`)."""
+        update, probs = self.attn(self.attn_norm(z), key_mask, scale, return_attention, first_only)
+        z = (z[:, :1] if first_only else z) + self.drop(update)
         z = z + self.drop(self.ffn(self.ffn_norm(z)))
         return z, probs
 
@@ -408,6 +418,9 @@ class BraInCoRL(nn.Module):
 
         self.token_embed = ResidualMLP(config.token_dim, config.token_hidden or 2 * d, d,
                                        config.dropout)
+        #: use the exact shortcuts of inference (shared-image token embedding, register-0-only
+        #: last block); False runs the plain computation, for checks and benchmarks
+        self.fast_paths = True
         self.registers = nn.Parameter(torch.randn(config.n_registers, d) * 0.02)
         self.embed_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
@@ -520,11 +533,14 @@ class BraInCoRL(nn.Module):
 
         # 2. tokens [x' ; y'] (and x' * y'), embedded to width d
         x = self._transform_features(support_x)
-        if x.dim() == 2:
-            x = x.expand(B, K, x.shape[-1])
-        y = support_y.unsqueeze(-1)
-        parts = [x, y, x * y] if cfg.token_features == "concat_xy" else [x, y]
-        tokens = self.token_embed(torch.cat(parts, dim=-1))
+        if x.dim() == 2 and self.fast_paths and not self.training and isinstance(self.token_embed.skip, nn.Linear):
+            tokens = self._embed_shared_images(x, support_y)
+        else:
+            if x.dim() == 2:
+                x = x.expand(B, K, x.shape[-1])
+            y = support_y.unsqueeze(-1)
+            parts = [x, y, x * y] if cfg.token_features == "concat_xy" else [x, y]
+            tokens = self.token_embed(torch.cat(parts, dim=-1))
         if mask is not None:
             tokens = tokens.masked_fill(~mask[..., None], 0.0)
 
@@ -537,8 +553,11 @@ class BraInCoRL(nn.Module):
         scale = self._logit_scale(K, mask)
 
         attention = []
-        for block in self.blocks:
-            z, probs = block(z, key_mask, scale, return_attention)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            # only register 0 is read out: the last block needs its output alone (exact)
+            first_only = i == last and self.fast_paths and not return_attention
+            z, probs = block(z, key_mask, scale, return_attention, first_only)
             attention.append(probs)
 
         # 4. read out register 0, then map back to the original feature and response units
@@ -552,6 +571,50 @@ class BraInCoRL(nn.Module):
             b = b * y_std + y_mean
         hyperweights = torch.cat([w, b[:, None]], dim=1)
         return (hyperweights, attention) if return_attention else hyperweights
+
+    def _embed_shared_images(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Token embedding when all voxels share the support images ``x`` (K, P); ``y`` is (B, K).
+
+        Equal to ``token_embed([x ; y (; x * y)])`` but the products with ``x`` are computed once
+        per image instead of once per (voxel, image): every term of the first layer and of the
+        skip path is linear in ``x``, in ``y`` or in ``y * x``, and the LayerNorm statistics of a
+        token follow from per-image sums of ``x`` and ``x**2``.
+        """
+        mlp = self.token_embed
+        P = x.shape[-1]
+        concat = self.config.token_features == "concat_xy"
+        D = 2 * P + 1 if concat else P + 1
+        gamma, beta, eps = mlp.norm.weight, mlp.norm.bias, mlp.norm.eps
+        W1, b1 = mlp.fc1.weight, mlp.fc1.bias  # (H, D), (H,)
+        S, sb = mlp.skip.weight, mlp.skip.bias  # (d, D), (d,)
+        y3 = y.unsqueeze(-1)  # (B, K, 1)
+
+        def split(W):  # columns acting on x, on y and on x * y
+            return W[:, :P], W[:, P], (W[:, P + 1:] if concat else None)
+
+        # LayerNorm statistics of each token from per-image sums
+        sx, sxx = x.sum(-1), x.square().sum(-1)  # (K,)
+        if concat:
+            mean = (sx + y + y * sx) / D
+            second = (sxx + y.square() + y.square() * sxx) / D
+        else:
+            mean = (sx + y) / D
+            second = (sxx + y.square()) / D
+        rstd = torch.rsqrt((second - mean.square()).clamp_min(0) + eps).unsqueeze(-1)  # (B, K, 1)
+        mean = mean.unsqueeze(-1)
+        # first layer: W1 @ ((t - mean) * rstd * gamma + beta) + b1
+        Wg = W1 * gamma
+        Ax, ay, Cx = split(Wg)
+        lin = (x @ Ax.T) + y3 * ay  # (B, K, H)
+        if concat:
+            lin = lin + y3 * (x @ Cx.T)
+        hidden = (lin - mean * Wg.sum(1)) * rstd + (W1 @ beta + b1)
+        out = mlp.fc2(mlp.drop(mlp.act(hidden)))
+        Sx, sy, Sxy = split(S)
+        skip = (x @ Sx.T) + y3 * sy + sb
+        if concat:
+            skip = skip + y3 * (x @ Sxy.T)
+        return out + skip
 
     def _logit_scale(self, K: int, mask: Optional[torch.Tensor]):
         """``log(N) / sqrt(head_dim)`` (a float, or one value per sequence with a mask)."""
@@ -929,6 +992,10 @@ def load_checkpoint(path: Union[str, Path],
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     _check_tensors(expected, {name: tuple(t.shape) for name, t in tensors.items()}, path, side)
 
+    # fresh (64-byte aligned) storage: tensors read from the file may sit at any offset, and
+    # some CPU kernels round differently on unaligned memory; aligned copies keep a loaded
+    # model bit-identical to the one that was saved
+    tensors = {name: t.clone() for name, t in tensors.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     model = model.to(device if device is not None else "cpu")
     return model.eval(), sidecar.get("metadata", {})

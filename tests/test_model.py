@@ -111,6 +111,36 @@ def test_shared_support_equals_expanded():
     torch.testing.assert_close(model(x, y), model(x.repeat(5, 1, 1), y), atol=ATOL, rtol=1e-5)
 
 
+@pytest.mark.parametrize("token_features", ["xy", "concat_xy"])
+@pytest.mark.parametrize("n_components", [None, 8])
+@pytest.mark.parametrize("masked", [False, True])
+def test_inference_shortcuts_are_exact(token_features, n_components, masked):
+    """Shared-image token embedding and the register-0-only last block change no output."""
+    model = tiny_model(token_features=token_features, n_components=n_components, n_layers=3)
+    x, y = episode(B=6, K=15)
+    mask = torch.rand(6, 15, generator=torch.Generator().manual_seed(3)) > 0.3 if masked else None
+    model.fast_paths = True
+    fast = model(x, y, mask)
+    model.fast_paths = False
+    plain = model(x, y, mask)
+    assert (plain[0] - plain[1]).abs().max() > 1e-3
+    torch.testing.assert_close(fast, plain, atol=ATOL, rtol=1e-5)
+
+
+def test_register0_shortcut_keeps_training_gradients():
+    model = tiny_model(n_layers=2).train()
+    x, y = episode(B=4, K=10)
+    grads = {}
+    for fast in (True, False):
+        model.zero_grad()
+        model.fast_paths = fast
+        model(x, y).square().sum().backward()
+        grads[fast] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(grads[True]) == len(grads[False])
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("response_norm", [True, False])
 def test_padding_mask_matches_unpadded(response_norm):
     model = tiny_model(response_norm=response_norm)
