@@ -418,8 +418,8 @@ class BraInCoRL(nn.Module):
 
         self.token_embed = ResidualMLP(config.token_dim, config.token_hidden or 2 * d, d,
                                        config.dropout)
-        #: use the exact shortcuts of inference (shared-image token embedding, register-0-only
-        #: last block); False runs the plain computation, for checks and benchmarks
+        #: use exact shortcuts (token embedding computed once per shared support image, last
+        #: block for register 0 only); False runs the plain computation, for checks and benchmarks
         self.fast_paths = True
         self.registers = nn.Parameter(torch.randn(config.n_registers, d) * 0.02)
         self.embed_drop = nn.Dropout(config.dropout)
@@ -533,7 +533,7 @@ class BraInCoRL(nn.Module):
 
         # 2. tokens [x' ; y'] (and x' * y'), embedded to width d
         x = self._transform_features(support_x)
-        if x.dim() == 2 and self.fast_paths and not self.training and isinstance(self.token_embed.skip, nn.Linear):
+        if x.dim() == 2 and self.fast_paths and isinstance(self.token_embed.skip, nn.Linear):
             tokens = self._embed_shared_images(x, support_y)
         else:
             if x.dim() == 2:

@@ -38,5 +38,13 @@ def test_two_ranks_match_one_process(tmp_path):
     assert np.allclose(log1.loss, log2.loss, rtol=1e-4, atol=1e-6)  # same episodes, same loss
     m1, _ = load_checkpoint(single / "model.safetensors")
     m2, _ = load_checkpoint(multi / "model.safetensors")
+    d = m1.config.d_model
     for (name, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        if name.endswith("attn.qkv.bias"):
+            # the key bias adds the same logit to every key of a query: softmax ignores it, its
+            # gradient is rounding noise, and AdamW scales that noise up to the learning rate
+            a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
         assert torch.allclose(a, b, atol=1e-4), name
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, m1.config.n_features, generator=g), torch.randn(5, 40, generator=g)
+    torch.testing.assert_close(m1(x, y), m2(x, y), atol=1e-4, rtol=1e-4)

@@ -127,8 +127,9 @@ def test_inference_shortcuts_are_exact(token_features, n_components, masked):
     torch.testing.assert_close(fast, plain, atol=ATOL, rtol=1e-5)
 
 
-def test_register0_shortcut_keeps_training_gradients():
-    model = tiny_model(n_layers=2).train()
+@pytest.mark.parametrize("token_features", ["xy", "concat_xy"])
+def test_shortcuts_keep_training_gradients(token_features):
+    model = tiny_model(n_layers=2, token_features=token_features).train()
     x, y = episode(B=4, K=10)
     grads = {}
     for fast in (True, False):
