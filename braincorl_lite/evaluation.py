@@ -285,3 +285,136 @@ def simulation_report(dataset, heldout: int = 1, ks=(10, 30, 100, 300, 1000), n_
         table.to_csv(out, index=False)
         print(f"\nwrote {out}")
     return {"checks": checks, "table": table, "curve": curve, "per_roi": per_roi, "fully_trained": full}
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers of the few-shot and test-time scaling chapters
+# ----------------------------------------------------------------------------------------------
+def cosine_per_voxel(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Cosine similarity between matching rows of two weight matrices, shape (n_voxels,).
+
+    Rows with zero norm give NaN.
+
+    Examples
+    --------
+    >>> cosine_per_voxel(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]]))
+    array([ 1., -1.])
+    """
+    A = np.asarray(A, np.float64)
+    B = np.asarray(B, np.float64)
+    if A.shape != B.shape:
+        raise ValueError(f"weight matrices must have the same shape, got {A.shape} and {B.shape}")
+    norm = np.linalg.norm(A, axis=1) * np.linalg.norm(B, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, (A * B).sum(1) / norm, np.nan)
+
+
+def encoder_ev(data: SubjectData, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Explained variance of linear encoders ``(W, b)`` on the shared (query) images, per voxel."""
+    q = data.shared_idx
+    return explained_variance(data.betas[q], predict_linear(data.features[q], W, b))
+
+
+def anatomical_for_voxels(dataset, heldout: int, voxels=None, radius: float = 6.0):
+    """Anatomical-average encoder for some voxels of subject ``heldout`` (0-based), fitting only what it needs.
+
+    Gives the same encoders as ``anatomical_for(dataset, heldout)`` restricted to ``voxels``, but
+    fits the training subjects' fully trained encoders only for their voxels that enter the
+    average (those within ``radius`` of a target voxel, and each target's nearest voxel), which
+    is much cheaper when ``voxels`` is a small subset.
+
+    Parameters
+    ----------
+    dataset : SimDataset or RealDataset
+        Subjects on the fsaverage5 surface.
+    heldout : int
+        0-based index of the target subject; every other subject is a training subject.
+    voxels : array of int or bool, optional
+        Voxels of the target subject (default: all).
+    radius : float
+        As in :func:`~braincorl_lite.baselines.anatomical_average`.
+
+    Returns
+    -------
+    W : ndarray (n_selected, n_features), b : ndarray (n_selected,)
+    """
+    from scipy.spatial import cKDTree
+
+    from .simulate import fsaverage5_mesh
+
+    target = dataset[heldout]
+    vertex = target.vertex if voxels is None else target.select_voxels(voxels).vertex
+    if np.any(vertex < 0):
+        raise ValueError("anatomical_for_voxels needs surface vertices; volumetric voxels (vertex -1) have none")
+    coords = np.asarray(fsaverage5_mesh()[0], float).copy()
+    coords[len(coords) // 2:, 0] += 1e4  # keep the hemispheres apart, as anatomical_average does
+    train = []
+    for i in range(len(dataset)):
+        if i == heldout:
+            continue
+        s = dataset[i]
+        tree = cKDTree(coords[s.vertex])
+        hits = tree.query_ball_point(coords[vertex], r=radius)
+        _, nearest = tree.query(coords[vertex], k=1)
+        needed = np.unique(np.concatenate([np.concatenate([np.asarray(h, int) for h in hits]),
+                                           np.atleast_1d(nearest).astype(int)]))
+        W, b = fully_trained(s.select_voxels(needed))
+        train.append((s.vertex[needed], W, b))
+    return anatomical_average(train, vertex, radius=radius)
+
+
+def evaluate_heldout_subset(model, dataset, heldout: int, ks: Sequence[int], voxels=None, n_draws=2,
+                            seed: int = 0, oracle: bool = True, anatomical: bool = True,
+                            progress: bool = True):
+    """:func:`evaluate_heldout` on a subset of the held-out subject's voxels, with fewer draws at large K.
+
+    Parameters
+    ----------
+    model : BraInCoRL or None
+        Evaluated as ``"braincorl"`` when given.
+    dataset : dataset
+        ``dataset[heldout - 1]`` is the held-out subject.
+    heldout : int
+        1-based subject number.
+    ks : sequence of int
+        Support-set sizes.
+    voxels : array of int or bool, optional
+        Voxels to evaluate (default: all). Large K is expensive for the model on a CPU
+        (the cost grows with K squared), so a random subset keeps learning curves affordable.
+    n_draws : int or dict K -> int
+        Support draws per K; a dict gives each K its own number (e.g. one draw at K = 1000).
+        Draw ``d`` uses the same random order of the unique images whatever its K, so support
+        sets stay nested across K.
+    oracle, anatomical : bool
+        Include the Bayes oracle (needs ground truth) and the anatomical average (needs surface
+        vertices); silently skipped when the data do not allow them.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table of :func:`evaluate_subject` (``method, k, roi, ev, n_voxels, draw``).
+    """
+    import pandas as pd
+
+    i = heldout - 1
+    full = dataset[i]
+    subj = full if voxels is None else full.select_voxels(voxels)
+    use_oracle = oracle and subj.truth is not None
+    include = ("ridge", "oracle") if use_oracle else ("ridge",)
+    methods = few_shot_methods(subj, dataset.subject_prior(i) if use_oracle else None, include)
+    if model is not None:
+        methods = {"braincorl": braincorl_method(model), **methods}
+    draws = {int(k): (n_draws[k] if isinstance(n_draws, dict) else int(n_draws)) for k in ks}
+    anat = None
+    if anatomical and len(dataset) > 1 and np.all(subj.vertex >= 0):
+        anat = anatomical_for_voxels(dataset, i, voxels)
+    tables = []
+    for j, n in enumerate(sorted(set(draws.values()), reverse=True)):
+        group = [k for k in ks if draws[int(k)] == n]
+        extra = dict(fully_trained_encoder=fully_trained(subj), anatomical_encoder=anat) if j == 0 else {}
+        tables.append(evaluate_subject(subj, group, methods, n_draws=n, seed=seed, progress=progress, **extra))
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values(["method", "k", "draw"], kind="stable").reset_index(drop=True)
+
+
+__all__ += ["cosine_per_voxel", "encoder_ev", "anatomical_for_voxels", "evaluate_heldout_subset"]

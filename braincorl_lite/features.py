@@ -54,6 +54,10 @@ __all__ = [
     "load_features",
     "save_features",
     "subject_image_ids",
+    "SAMPLE_PHOTOS",
+    "sample_photographs",
+    "clip_weights_status",
+    "load_clip_offline",
 ]
 
 log = logging.getLogger(__name__)
@@ -563,3 +567,93 @@ def extract_folder_features(images_dir: Union[str, Path], out: Union[str, Path],
     return _extract(Path(out), np.arange(len(files), dtype=np.int64), load, encoder, source_kind="images-dir",
                     source=str(root), names=names, batch_size=batch_size, chunk_size=chunk_size,
                     max_chunks=max_chunks, overwrite=overwrite, progress=progress)
+
+
+# ---------------------------------------------------------------------- offline demos (book chapter 1)
+#: photographs bundled with scikit-image (no download), used by the feature-extraction chapter
+SAMPLE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "page", "grass", "hubble_deep_field")
+
+
+def sample_photographs(names: Optional[Sequence[str]] = None) -> dict:
+    """A few real photographs that ship inside scikit-image, as RGB uint8 arrays.
+
+    Parameters
+    ----------
+    names : sequence of str, optional
+        Names of ``skimage.data`` images (default :data:`SAMPLE_PHOTOS`). Only images bundled with
+        the package are accepted, so nothing is downloaded; grey-level images are repeated over
+        three channels.
+
+    Returns
+    -------
+    dict name -> ndarray (H, W, 3) uint8
+
+    Examples
+    --------
+    >>> photos = sample_photographs(["astronaut", "camera"])
+    >>> {k: v.shape for k, v in photos.items()}
+    {'astronaut': (512, 512, 3), 'camera': (512, 512, 3)}
+    """
+    from skimage import data as skdata
+
+    out = {}
+    for name in (SAMPLE_PHOTOS if names is None else names):
+        if name not in SAMPLE_PHOTOS:
+            raise ValueError(f"{name!r} is not one of the bundled photographs {SAMPLE_PHOTOS}")
+        img = np.asarray(getattr(skdata, name)())
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        if img.dtype != np.uint8:
+            img = (255 * (img.astype(np.float64) / max(float(img.max()), 1e-12))).astype(np.uint8)
+        out[name] = np.ascontiguousarray(img[:, :, :3])
+    return out
+
+
+def clip_weights_status(model: str = "ViT-B-32", pretrained: str = "openai") -> dict:
+    """Whether the manifest's CLIP checkpoint is in the local cache (nothing is downloaded).
+
+    Returns
+    -------
+    dict
+        ``entry`` (manifest entry name), ``cached`` (bool), ``path`` (where the file is or would
+        be), ``fetch_command`` (the ``braincorl-lite fetch clip ...`` command that downloads it),
+        ``url``, ``licence``.
+
+    Examples
+    --------
+    >>> clip_weights_status()["fetch_command"]
+    'braincorl-lite fetch clip --model ViT-B-32 --pretrained openai'
+    """
+    entry = fetch.clip_entry(model, pretrained)
+    path = entry.path(fetch.cache_dir())
+    return {"entry": entry.name, "cached": path.is_file(), "path": str(path),
+            "fetch_command": fetch.fetch_command(entry), "url": entry.url, "licence": entry.licence}
+
+
+def load_clip_offline(model: str = "ViT-B-32", pretrained: str = "openai", device: Optional[str] = None,
+                      seed: int = 0) -> ClipEncoder:
+    """The cached CLIP weights when present, else the same architecture with random weights.
+
+    Never downloads. Check ``encoder.pretrained``: ``"none"`` means random weights (the
+    embeddings then have the right shape and unit norm but carry no meaning); the weights are
+    fetched with the command in :func:`clip_weights_status`.
+
+    Parameters
+    ----------
+    model, pretrained : str
+        open_clip model name and manifest tag.
+    device : str, optional
+    seed : int
+        Seed of the random initialisation (used only without weights), for reproducible output.
+
+    Returns
+    -------
+    ClipEncoder
+    """
+    try:
+        return load_clip(model, pretrained, device=device)
+    except fetch.MissingDataError:
+        import torch
+
+        torch.manual_seed(seed)
+        return load_clip(model, None, device=device)

@@ -40,7 +40,8 @@ from .data import SubjectData
 from .model import BraInCoRL, ModelConfig, load_checkpoint, pca_feature_transform, save_checkpoint
 
 __all__ = ["StageConfig", "TrainConfig", "GaussianVoxels", "SubjectVoxels", "train", "default_stages",
-           "population_loss", "query_loss", "fit_gaussian"]
+           "population_loss", "query_loss", "fit_gaussian", "read_log", "count_parameters",
+           "stage_summary"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,3 +532,55 @@ def read_log(run_dir):
     import pandas as pd
 
     return pd.read_json(Path(run_dir) / "log.jsonl", lines=True)
+
+
+def count_parameters(config) -> int:
+    """Trainable parameters of a :class:`~braincorl_lite.model.BraInCoRL` with this configuration.
+
+    The model is built on PyTorch's ``meta`` device, so no memory is allocated even for the
+    published 97M-parameter configuration.
+
+    Parameters
+    ----------
+    config : ModelConfig or dict
+
+    Examples
+    --------
+    >>> count_parameters(ModelConfig.paper())
+    97070372
+    """
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    with torch.device("meta"):
+        model = BraInCoRL(config)
+    return model.n_parameters()
+
+
+def stage_summary(log, tail: float = 0.1):
+    """One row per training stage of a log from :func:`read_log`.
+
+    Parameters
+    ----------
+    log : pandas.DataFrame
+        Columns ``stage, step, k, loss, seconds`` (one row per step).
+    tail : float
+        Fraction of the last steps of a stage averaged into ``final_loss`` (the per-step loss is
+        noisy: every step draws new voxels and a new K).
+
+    Returns
+    -------
+    pandas.DataFrame indexed by stage (in training order) with ``steps``, ``first_loss`` (mean
+    of the first steps, same fraction), ``final_loss``, ``k_min``, ``k_max`` and ``seconds``.
+    """
+    import pandas as pd
+
+    rows, prev_end = [], float(log.seconds.iloc[0]) if len(log) else 0.0
+    for stage in dict.fromkeys(log.stage):
+        part = log[log.stage == stage]
+        n = max(1, int(round(tail * len(part))))
+        end = float(part.seconds.iloc[-1])
+        rows.append({"stage": stage, "steps": len(part), "first_loss": float(part.loss.iloc[:n].mean()),
+                     "final_loss": float(part.loss.iloc[-n:].mean()), "k_min": int(part.k.min()),
+                     "k_max": int(part.k.max()), "seconds": end - prev_end})
+        prev_end = end
+    return pd.DataFrame(rows).set_index("stage")

@@ -254,3 +254,45 @@ def test_tiny_clip_nsd_extraction_and_cli(tiny_clip_model, stimuli, image_dir, t
                              "--model", tiny_clip_model, "--pretrained", "none", "--device", "cpu"])
     assert bad.func(bad) == 1
     assert "nsd-hdf5" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- offline helpers of the book
+def test_sample_photographs_are_rgb_uint8():
+    from braincorl_lite.features import SAMPLE_PHOTOS, sample_photographs
+
+    photos = sample_photographs()
+    assert list(photos) == list(SAMPLE_PHOTOS)
+    for img in photos.values():
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    cam = photos["camera"]  # grey-level: the three channels are equal
+    assert np.array_equal(cam[..., 0], cam[..., 2])
+    with pytest.raises(ValueError, match="bundled"):
+        sample_photographs(["not_an_image"])
+
+
+def test_clip_weights_status_without_cache(monkeypatch, tmp_path):
+    from braincorl_lite.features import clip_weights_status
+
+    monkeypatch.setenv(fetch.ENV_CACHE, str(tmp_path / "cache"))
+    st = clip_weights_status("ViT-B-32", "openai")
+    assert st["cached"] is False and st["entry"] == "clip.ViT-B-32.openai"
+    assert st["fetch_command"] == "braincorl-lite fetch clip --model ViT-B-32 --pretrained openai"
+    assert st["path"].startswith(str(tmp_path / "cache"))
+    p = tmp_path / "cache" / "weights" / "ViT-B-32" / "openai" / "open_clip_pytorch_model.bin"
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"x")
+    assert clip_weights_status("ViT-B-32", "openai")["cached"] is True
+
+
+@pytest.mark.slow
+def test_load_clip_offline_falls_back_to_random(tiny_clip_model, monkeypatch, tmp_path):
+    from braincorl_lite.features import load_clip_offline
+
+    monkeypatch.setenv(fetch.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setattr(fetch, "clip_entry", lambda model, tag, manifests=None: (_ for _ in ()).throw(
+        fetch.MissingDataError("not cached")))
+    a = load_clip_offline(tiny_clip_model, "openai", device="cpu", seed=3)
+    b = load_clip_offline(tiny_clip_model, "openai", device="cpu", seed=3)
+    assert a.pretrained == "none"
+    img = [np.full((64, 64, 3), 90, dtype=np.uint8)]
+    np.testing.assert_allclose(a.encode_images(img), b.encode_images(img), atol=1e-6)  # seeded

@@ -105,3 +105,29 @@ def test_population_loss_needs_truth(tiny, tmp_path):
     s = dataclasses.replace(tiny[0], truth=None)
     with pytest.raises(ValueError, match="ground truth or reference"):
         train([s], tmp_path / "x", _config(steps=2), device="cpu", progress=False)
+
+
+def test_count_parameters_without_allocation():
+    from braincorl_lite.model import BraInCoRL
+    from braincorl_lite.train import count_parameters
+
+    assert count_parameters(ModelConfig.paper()) == 97_070_372
+    small = ModelConfig.lite(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64)
+    assert count_parameters(small) == BraInCoRL(small).n_parameters()
+    assert count_parameters(small.to_dict()) == count_parameters(small)
+
+
+def test_stage_summary():
+    import pandas as pd
+
+    from braincorl_lite.train import stage_summary
+
+    log = pd.DataFrame({"stage": ["pretrain"] * 10 + ["finetune"] * 10, "step": list(range(10)) * 2,
+                        "k": [50] * 10 + list(range(5, 15)), "loss": np.r_[np.linspace(1, 0.5, 10), np.full(10, 0.2)],
+                        "seconds": np.arange(1, 21, dtype=float)})
+    s = stage_summary(log, tail=0.2)
+    assert list(s.index) == ["pretrain", "finetune"]
+    assert s.loc["pretrain", "steps"] == 10 and s.loc["finetune", "k_min"] == 5 and s.loc["finetune", "k_max"] == 14
+    assert np.isclose(s.loc["pretrain", "first_loss"], np.linspace(1, 0.5, 10)[:2].mean())
+    assert np.isclose(s.loc["pretrain", "final_loss"], np.linspace(1, 0.5, 10)[-2:].mean())
+    assert np.isclose(s.loc["finetune", "seconds"], 10.0)
