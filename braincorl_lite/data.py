@@ -31,6 +31,7 @@ __all__ = [
     "save_subject",
     "load_subject",
     "check_support",
+    "subjects_summary",
 ]
 
 #: tolerance on the L2 norm of each feature row
@@ -259,6 +260,16 @@ class SubjectData:
             f"({self.shared_mask.sum()} shared), {self.n_voxels} voxels, "
             f"{self.n_features}-d features, ROIs={self.roi_names})"
         )
+
+
+def subjects_summary(subjects) -> "object":
+    """A pandas table of subjects: one row each (voxels, unique and shared images, mean noise ceiling)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"subject": s.subject, "voxels": s.n_voxels,
+                          "unique images": int((~s.shared_mask).sum()),
+                          "shared images": int(s.shared_mask.sum()),
+                          "mean noise ceiling": float(s.noise_ceiling.mean())} for s in subjects])
 
 
 def check_support(support_idx, data: SubjectData) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .data import SubjectData, load_subject
+from .data import SubjectData, load_subject, subjects_summary
 
 __all__ = ["DATASETS", "RealDataset", "load_dataset", "prepared_dir", "dataset_label"]
 
@@ -50,12 +50,7 @@ class RealDataset:
 
     def summary(self):
         """A pandas table: one row per subject (voxels, images, mean noise ceiling)."""
-        import pandas as pd
-
-        return pd.DataFrame([{"subject": s.subject, "voxels": s.n_voxels,
-                              "unique images": int((~s.shared_mask).sum()),
-                              "shared images": int(s.shared_mask.sum()),
-                              "mean noise ceiling": float(s.noise_ceiling.mean())} for s in self.subjects])
+        return subjects_summary(self.subjects)
 
 
 def prepared_dir(data_dir=None) -> Path:

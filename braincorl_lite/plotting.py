@@ -12,7 +12,24 @@ import numpy as np
 
 from .datasets import dataset_label
 
-__all__ = ["METHOD_STYLE", "mark_simulated", "plot_ev_vs_k", "surface_maps", "voxels_to_surface"]
+__all__ = [
+    "METHOD_STYLE",
+    "mark_simulated",
+    "plot_ev_vs_k",
+    "surface_maps",
+    "voxels_to_surface",
+    "plot_similarity_matrix",
+    "plot_embedding_2d",
+    "plot_training_log",
+    "STAGE_COLORS",
+    "CATEGORY_COLORS",
+    "plot_attention_examples",
+    "plot_precision_vs_chance",
+    "plot_prompt_confusion",
+    "plot_weight_scatter",
+    "plot_roi_bars",
+    "plot_ev_vs_k_by_roi",
+]
 
 #: colour, label and line style of each method, the same in every chapter
 METHOD_STYLE = {
@@ -26,17 +43,30 @@ METHOD_STYLE = {
 _N_VERTICES = 10242  # per fsaverage5 hemisphere
 
 
-def mark_simulated(fig, data, where: str = "bottom"):
+def mark_simulated(fig, data, bottom: float = 0.05):
     """Write the data's provenance on ``fig`` (e.g. "SimNSD (simulated data, not NSD)").
 
     Simulated data are labelled in red so that no figure of a simulation can pass for real data;
-    real data get a grey source line. Returns ``fig``.
+    real data get a grey source line. The label sits in the bottom-right corner; on a
+    constrained-layout figure a strip of height ``bottom`` (figure fraction) is kept free for it,
+    so that it never overlaps an axis label. Returns ``fig``.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> from braincorl_lite.datasets import load_dataset
+    >>> fig, ax = plt.subplots(layout="constrained")
+    >>> _ = mark_simulated(fig, load_dataset("simnsd", size="tiny"))
+    >>> [t.get_text() for t in fig.texts], fig.get_layout_engine().get()["rect"][1]
+    (['SimNSD (simulated data, not NSD)'], 0.05)
     """
     label = dataset_label(data)
     simulated = "simulated" in label
-    y = 0.005 if where == "bottom" else 0.995
-    fig.text(0.995, y, label, ha="right", va="bottom" if where == "bottom" else "top",
-             fontsize=8, color="#b22222" if simulated else "0.4", style="italic")
+    engine = fig.get_layout_engine()
+    if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
+        engine.set(rect=(0, bottom, 1, 1 - bottom))
+    fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize=8,
+             color="#b22222" if simulated else "0.4", style="italic")
     return fig
 
 
@@ -248,7 +278,7 @@ def plot_similarity_matrix(sim, labels: Sequence[str], ax=None, title: str = "co
     ax.figure.colorbar(im, ax=ax, shrink=0.8, label="cosine")
     ax.set_title(title)
     if data is not None:
-        label_simulated(ax.figure, data)
+        mark_simulated(ax.figure, data)
     return ax
 
 
@@ -289,7 +319,7 @@ def plot_embedding_2d(coords, labels, ax=None, title: str = "", xlabel: str = "P
         ax.set_title(title)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2)
     if data is not None:
-        label_simulated(ax.figure, data)
+        mark_simulated(ax.figure, data)
     return ax
 
 
@@ -341,11 +371,8 @@ def plot_training_log(log, ax=None, window: int = 25, logy: bool = True, title: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     if data is not None:
-        label_simulated(ax.figure, data)
+        mark_simulated(ax.figure, data)
     return ax
-
-
-__all__ += ["plot_similarity_matrix", "plot_embedding_2d", "plot_training_log", "STAGE_COLORS"]
 
 
 # ---------------------------------------------------------------------- chapters 5-6: attention, language
@@ -460,16 +487,8 @@ def plot_precision_vs_chance(table, ax=None, title: str = "top-attended images o
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     if data is not None:
-        _leave_room_for_label(ax.figure)
         mark_simulated(ax.figure, data)
     return ax
-
-
-def _leave_room_for_label(fig, bottom: float = 0.06):
-    """Keep a strip at the bottom of a constrained-layout figure free for the provenance label."""
-    engine = fig.get_layout_engine()
-    if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
-        engine.set(rect=(0, bottom, 1, 1 - bottom))
 
 
 def plot_prompt_confusion(table, ax=None, title: str = "which prompt wins?", data=None,
@@ -512,35 +531,8 @@ def plot_prompt_confusion(table, ax=None, title: str = "which prompt wins?", dat
     ax.figure.colorbar(im, ax=ax, shrink=0.8, label="share of voxels")
     ax.set_title(title)
     if data is not None:
-        _leave_room_for_label(ax.figure)
         mark_simulated(ax.figure, data)
     return ax
-
-
-__all__ += ["CATEGORY_COLORS", "plot_attention_examples", "plot_precision_vs_chance", "plot_prompt_confusion"]
-
-
-def label_simulated(fig, data, bottom: float = 0.05):
-    """:func:`mark_simulated`, and keep a strip at the bottom of a constrained-layout figure free
-    for the label so that it never overlaps an axis label. Returns ``fig``.
-
-    Examples
-    --------
-    >>> import matplotlib.pyplot as plt
-    >>> from braincorl_lite.datasets import load_dataset
-    >>> fig, ax = plt.subplots(layout="constrained")
-    >>> _ = label_simulated(fig, load_dataset("simnsd", size="tiny"))
-    >>> fig.get_layout_engine().get()["rect"][1]
-    0.05
-    """
-    mark_simulated(fig, data)
-    engine = fig.get_layout_engine()
-    if engine is not None and hasattr(engine, "get") and "rect" in engine.get():
-        engine.set(rect=(0, bottom, 1, 1 - bottom))
-    return fig
-
-
-__all__ += ["label_simulated"]
 
 
 # ---------------------------------------------------------------------- chapters 3-4: few-shot inference, scaling
@@ -587,7 +579,6 @@ def plot_weight_scatter(true_W, estimates: Dict[str, np.ndarray], voxels: Sequen
         ax.legend(fontsize=7, frameon=False, loc="upper left", markerscale=2)
     axes[0, 0].set_ylabel("estimated weight")
     if data is not None:
-        _leave_room_for_label(fig)
         mark_simulated(fig, data)
     return fig
 
@@ -633,7 +624,6 @@ def plot_roi_bars(table, methods: Optional[Sequence[str]] = None, ax=None, data=
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False, ncol=min(len(methods), 3))
     if data is not None:
-        _leave_room_for_label(ax.figure)
         mark_simulated(ax.figure, data)
     return ax
 
@@ -681,9 +671,5 @@ def plot_ev_vs_k_by_roi(table, rois: Optional[Sequence[str]] = None, methods: Op
     fig.supxlabel("support images K", fontsize=9)
     fig.supylabel("explained variance (shared images)", fontsize=9)
     if data is not None:
-        _leave_room_for_label(fig, 0.04)
         mark_simulated(fig, data)
     return fig
-
-
-__all__ += ["plot_weight_scatter", "plot_roi_bars", "plot_ev_vs_k_by_roi"]

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import GroundTruth, SubjectData
+from .data import GroundTruth, SubjectData, subjects_summary
 from .metrics import noise_ceiling_from_repeats
 
 __all__ = [
@@ -617,14 +617,7 @@ class SimDataset:
 
     def summary(self) -> "object":
         """A pandas table: one row per subject (voxels, images, mean noise ceiling)."""
-        import pandas as pd
-
-        rows = []
-        for s in self.subjects:
-            rows.append({"subject": s.subject, "voxels": s.n_voxels, "unique images": int((~s.shared_mask).sum()),
-                         "shared images": int(s.shared_mask.sum()),
-                         "mean noise ceiling": float(s.noise_ceiling.mean())})
-        return pd.DataFrame(rows)
+        return subjects_summary(self.subjects)
 
 
 def _simulate(name, config: SimConfig, world_seed: int, subject_seed: int, progress: bool) -> SimDataset:

@@ -52,14 +52,14 @@ def test_training_log_marks_stages():
     plt.close("all")
 
 
-def test_label_simulated_reserves_space(tiny):
-    from braincorl_lite.plotting import label_simulated
+def test_mark_simulated_reserves_space(tiny):
+    from braincorl_lite.plotting import mark_simulated
 
     fig, ax = plt.subplots(layout="constrained")
-    label_simulated(fig, tiny)
+    mark_simulated(fig, tiny)
     assert any("simulated" in t for t in _texts(fig))
     assert fig.get_layout_engine().get()["rect"][1] == 0.05
     fig2, _ = plt.subplots()  # no layout engine: only the label
-    label_simulated(fig2, tiny)
+    mark_simulated(fig2, tiny)
     assert any("simulated" in t for t in _texts(fig2))
     plt.close("all")
