@@ -649,7 +649,9 @@ class BraInCoRL(nn.Module):
             if mask.dtype != torch.bool:
                 raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
         dtype = self.registers.dtype
-        return support_x.to(dtype), support_y.to(dtype), mask
+        # contiguous responses: a transposed betas matrix would otherwise give the (B, K, H)
+        # intermediates a strided layout, which slows every later product
+        return support_x.to(dtype), support_y.to(dtype).contiguous(), mask
 
     # prediction ----------------------------------------------------------------------------
     @staticmethod

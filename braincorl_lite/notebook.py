@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -23,6 +24,8 @@ __all__ = ["RECORD_MIME", "record", "read_records", "resolve_device", "strip_vol
 
 #: MIME type of recorded values in a notebook's outputs
 RECORD_MIME = "application/vnd.braincorl-lite.record+json"
+#: matplotlib backend of executed notebooks: figures are embedded as PNG outputs
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 def _jsonable(value):
@@ -104,17 +107,28 @@ def execute_notebook(path, out=None, parameters: Optional[dict] = None, kernel_n
     """Execute a notebook with papermill (in place unless ``out`` is given); return the wall time in s.
 
     Volatile metadata are stripped from the result (:func:`strip_volatile`). The working directory
-    is the notebook's folder unless ``cwd`` is given.
+    is the notebook's folder unless ``cwd`` is given. The kernel uses matplotlib's inline backend,
+    so figures are embedded even when ``MPLBACKEND`` is set to a non-interactive backend.
     """
     import nbformat
     import papermill as pm
 
     path = Path(path)
     out = Path(out) if out is not None else path
-    t0 = time.perf_counter()
-    pm.execute_notebook(str(path), str(out), parameters=parameters or {}, kernel_name=kernel_name,
-                        cwd=str(cwd or path.parent), progress_bar=False, execution_timeout=timeout)
-    seconds = time.perf_counter() - t0
+    # figures must be embedded in the notebook whatever the caller's MPLBACKEND (often "agg",
+    # which would silently drop every figure): the kernel inherits this environment
+    saved = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
+    try:
+        t0 = time.perf_counter()
+        pm.execute_notebook(str(path), str(out), parameters=parameters or {}, kernel_name=kernel_name,
+                            cwd=str(cwd or path.parent), progress_bar=False, execution_timeout=timeout)
+        seconds = time.perf_counter() - t0
+    finally:
+        if saved is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = saved
     nb = nbformat.read(str(out), as_version=4)
     nbformat.write(strip_volatile(nb), str(out))
     return seconds

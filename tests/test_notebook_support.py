@@ -1,6 +1,7 @@
 """Recorded values, metadata stripping and papermill execution of notebooks."""
 
 import json
+import os
 
 import nbformat
 import pandas as pd
@@ -38,19 +39,24 @@ def test_resolve_device():
 
 
 @pytest.mark.slow
-def test_execute_with_parameters_and_read_records(tmp_path):
+def test_execute_with_parameters_and_read_records(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("fast = False\nn = 2")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "from braincorl_lite.notebook import record\nrecord('result', {'n': n, 'fast': fast})")]
+        "from braincorl_lite.notebook import record\nrecord('result', {'n': n, 'fast': fast})"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([0, 1])\nplt.show()")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src = tmp_path / "nb.ipynb"
     nbformat.write(nb, src)
     out = tmp_path / "out.ipynb"
+    monkeypatch.setenv("MPLBACKEND", "agg")  # a common setting that must not drop the figures
     seconds = execute_notebook(src, out, parameters={"n": 5, "fast": True})
+    assert os.environ["MPLBACKEND"] == "agg"
     assert seconds > 0
     assert read_records(out) == {"result": {"n": 5, "fast": True}}
     executed = nbformat.read(out, as_version=4)
     assert "papermill" not in executed.metadata
     assert any(RECORD_MIME in o.get("data", {}) for c in executed.cells for o in c.get("outputs", []))
+    assert any("image/png" in o.get("data", {}) for c in executed.cells for o in c.get("outputs", [])), \
+        "figure not embedded"
