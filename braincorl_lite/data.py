@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -31,7 +31,7 @@ __all__ = [
     "save_subject",
     "load_subject",
     "check_support",
-    "subjects_summary",
+    "SubjectCollection",
 ]
 
 #: tolerance on the L2 norm of each feature row
@@ -262,14 +262,28 @@ class SubjectData:
         )
 
 
-def subjects_summary(subjects) -> "object":
-    """A pandas table of subjects: one row each (voxels, unique and shared images, mean noise ceiling)."""
-    import pandas as pd
+class SubjectCollection:
+    """List-like access to the ``subjects`` attribute of a dataset (simulated or real)."""
 
-    return pd.DataFrame([{"subject": s.subject, "voxels": s.n_voxels,
-                          "unique images": int((~s.shared_mask).sum()),
-                          "shared images": int(s.shared_mask.sum()),
-                          "mean noise ceiling": float(s.noise_ceiling.mean())} for s in subjects])
+    subjects: List[SubjectData]
+
+    def __len__(self):
+        return len(self.subjects)
+
+    def __getitem__(self, i) -> SubjectData:
+        return self.subjects[i]
+
+    def __iter__(self):
+        return iter(self.subjects)
+
+    def summary(self) -> "object":
+        """A pandas table: one row per subject (voxels, unique and shared images, mean noise ceiling)."""
+        import pandas as pd
+
+        return pd.DataFrame([{"subject": s.subject, "voxels": s.n_voxels,
+                              "unique images": int((~s.shared_mask).sum()),
+                              "shared images": int(s.shared_mask.sum()),
+                              "mean noise ceiling": float(s.noise_ceiling.mean())} for s in self.subjects])
 
 
 def check_support(support_idx, data: SubjectData) -> np.ndarray:

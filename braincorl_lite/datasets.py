@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .data import SubjectData, load_subject, subjects_summary
+from .data import SubjectCollection, SubjectData, load_subject
 
 __all__ = ["DATASETS", "RealDataset", "load_dataset", "prepared_dir", "dataset_label"]
 
@@ -23,7 +23,7 @@ DATASETS = ("simnsd", "simb5k", "nsd")
 
 
 @dataclass
-class RealDataset:
+class RealDataset(SubjectCollection):
     """Prepared real subjects; the same list-like interface as a simulated dataset, minus ground truth.
 
     ``world`` and ``prior`` are ``None``: nothing about the generating process is known for real
@@ -36,21 +36,8 @@ class RealDataset:
     world = None
     prior = None
 
-    def __len__(self):
-        return len(self.subjects)
-
-    def __getitem__(self, i) -> SubjectData:
-        return self.subjects[i]
-
-    def __iter__(self):
-        return iter(self.subjects)
-
     def subject_prior(self, i: int):
         raise ValueError(f"{self.name} is real data: there is no true prior (the Bayes oracle needs a simulation)")
-
-    def summary(self):
-        """A pandas table: one row per subject (voxels, images, mean noise ceiling)."""
-        return subjects_summary(self.subjects)
 
 
 def prepared_dir(data_dir=None) -> Path:

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import GroundTruth, SubjectData, subjects_summary
+from .data import GroundTruth, SubjectCollection, SubjectData
 from .metrics import noise_ceiling_from_repeats
 
 __all__ = [
@@ -589,7 +589,7 @@ class TextEncoder:
 # Datasets
 # --------------------------------------------------------------------------------------------
 @dataclass
-class SimDataset:
+class SimDataset(SubjectCollection):
     """A list of simulated subjects plus the world and prior that generated them."""
 
     name: str
@@ -600,24 +600,11 @@ class SimDataset:
     world_seed: int
     subject_seed: int
 
-    def __len__(self):
-        return len(self.subjects)
-
-    def __getitem__(self, i) -> SubjectData:
-        return self.subjects[i]
-
-    def __iter__(self):
-        return iter(self.subjects)
-
     def subject_prior(self, i: int) -> MixturePrior:
         """The marginal prior of a voxel of subject ``i`` (component weights = its composition)."""
         comp = self.subjects[i].truth.component
         counts = np.bincount(comp, minlength=self.prior.n_components).astype(float)
         return self.prior.marginal(counts / counts.sum())
-
-    def summary(self) -> "object":
-        """A pandas table: one row per subject (voxels, images, mean noise ceiling)."""
-        return subjects_summary(self.subjects)
 
 
 def _simulate(name, config: SimConfig, world_seed: int, subject_seed: int, progress: bool) -> SimDataset:

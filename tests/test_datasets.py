@@ -34,6 +34,7 @@ def test_nsd_loads_prepared_containers(tiny, tmp_path, monkeypatch):
     ds = load_dataset("nsd")
     assert isinstance(ds, RealDataset) and len(ds) == 1
     assert ds[0].n_voxels == 20 and ds[0].truth is None
+    assert ds.summary().voxels.tolist() == [20] and [s.subject for s in ds] == [real.subject]
     assert dataset_label(ds) == "NSD"
     with pytest.raises(ValueError, match="no true prior"):
         ds.subject_prior(0)
