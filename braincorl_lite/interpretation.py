@@ -31,6 +31,7 @@ __all__ = [
     "ROI_CATEGORY",
     "CATEGORY_PROMPTS",
     "register_attention",
+    "attention_spread",
     "top_attended",
     "topk_precision",
     "attention_precision_table",
@@ -123,6 +124,31 @@ def register_attention(model, support_x, support_y, layer: int = -1, register: i
     finally:
         model.train(was_training)
     return np.concatenate(out)
+
+
+def attention_spread(probabilities) -> np.ndarray:
+    """How widely attention is spread: the effective number of attended tokens over their number.
+
+    ``exp(entropy) / N`` for each row of attention probabilities over ``N`` tokens: 1 for uniform
+    attention, ``1 / N`` when all the mass is on one token.
+
+    Parameters
+    ----------
+    probabilities : array, shape (..., N)
+        Rows that sum to 1 (e.g. register 0's attention to every token of a block).
+
+    Returns
+    -------
+    ndarray, shape (...)
+
+    Examples
+    --------
+    >>> attention_spread([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]])
+    array([1.  , 0.25])
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(-1)
+    return np.exp(entropy) / p.shape[-1]
 
 
 def top_attended(attention, n: int = 10) -> np.ndarray:

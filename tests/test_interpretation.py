@@ -146,3 +146,14 @@ def test_roi_category_mapping():
     assert interp.ROI_CATEGORY["FFA"] == "faces" and interp.ROI_CATEGORY["PPA"] == "places"
     assert interp.ROI_CATEGORY["EBA"] == "bodies" and interp.ROI_CATEGORY["VWFA"] == "words"
     assert set(interp.CATEGORY_PROMPTS) == {"faces", "bodies", "places", "food", "words"}
+
+
+def test_attention_spread_bounds():
+    from braincorl_lite.interpretation import attention_spread
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(7), size=5)
+    s = attention_spread(p)
+    assert s.shape == (5,) and np.all((s > 1 / 7) & (s < 1))
+    np.testing.assert_allclose(attention_spread(np.full((2, 4), 0.25)), 1.0)
+    np.testing.assert_allclose(attention_spread(np.eye(3)), 1 / 3)
