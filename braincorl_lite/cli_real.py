@@ -11,6 +11,7 @@ Typical session (after accepting the NSD data-use terms)::
     braincorl-lite fetch nsd --subject 1                      # design, ROIs, betas of the public sessions
     braincorl-lite fetch nsd --what stimuli                   # nsd_stimuli.hdf5 (~37 GiB)
     braincorl-lite fetch clip --model ViT-B-32 --pretrained openai
+    braincorl-lite fetch forget-pin nsd.betas_session --subject 1 --session 3   # after an upstream change
     braincorl-lite extract-features --source nsd-hdf5 --subject 1 --out subj01_clip.h5
     braincorl-lite prepare-nsd --subject 1 --features subj01_clip.h5 --out subj01.npz
 """
@@ -54,14 +55,13 @@ def _handler(fn):
 
     @functools.wraps(fn)
     def run(args) -> int:
-        from . import fetch
-        from .nsd import NSDFormatError
+        from .errors import BraInCoRLError
 
         try:
             with _cache_env(getattr(args, "cache_dir", None)):
                 code = fn(args)
             return 0 if code is None else int(code)
-        except (fetch.FetchError, NSDFormatError, FileNotFoundError, FileExistsError, ValueError,
+        except (BraInCoRLError, FileNotFoundError, FileExistsError, ValueError,
                 KeyError, RuntimeError, OSError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             print(f"braincorl-lite {getattr(args, '_real_command', '')}: error: {msg}", file=sys.stderr)
@@ -129,6 +129,31 @@ def _cmd_fetch_clip(args) -> int:
 
 
 @_handler
+def _cmd_fetch_forget_pin(args) -> int:
+    from . import fetch
+    from .errors import ConfigError
+
+    manifests = fetch.load_manifests()
+    if args.name not in manifests:
+        raise ConfigError(f"no manifest entry named {args.name!r}; `braincorl-lite fetch list` shows them")
+    template = manifests[args.name]
+    given = {k: v for k, v in (("subject", args.subject), ("session", args.session)) if v is not None}
+    missing = sorted(set(template.placeholders) - set(given))
+    if missing:
+        raise ConfigError(f"{args.name} needs {', '.join('--' + m for m in missing)}")
+    try:
+        entry = template.expand(**given)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if fetch.forget_pin(entry):
+        print(f"forgot the pin of {entry.label} in {fetch.cache_dir() / fetch.PINS_FILE}; "
+              f"the next `{fetch.fetch_command(entry)}` pins the new file")
+    else:
+        print(f"{entry.label} has no pin in {fetch.cache_dir() / fetch.PINS_FILE}; nothing to do", file=sys.stderr)
+    return 0
+
+
+@_handler
 def _cmd_fetch_list(args) -> int:
     from . import fetch
 
@@ -146,7 +171,7 @@ def _register_fetch(subparsers) -> None:
                     "($BRAINCORL_DATA or ~/.cache/braincorl_lite). Files already present are checked, not "
                     "downloaded again; interrupted transfers resume. Nothing else in braincorl-lite downloads.",
     )
-    sub = p.add_subparsers(dest="fetch_target", metavar="{nsd,clip,list}")
+    sub = p.add_subparsers(dest="fetch_target", metavar="{nsd,clip,list,forget-pin}")
     sub.required = True
 
     n = sub.add_parser(
@@ -175,6 +200,18 @@ def _register_fetch(subparsers) -> None:
     _add_common_fetch_args(c)
     c.set_defaults(func=_cmd_fetch_clip, _real_command="fetch clip")
 
+    fp = sub.add_parser(
+        "forget-pin", help="forget the recorded sha256 of a file that changed upstream on purpose",
+        description="Files without a sha256 in data_manifests/ are pinned on first download (their sha256 is "
+                    "recorded in <cache>/pins.json). When such a file changed upstream on purpose, forget its "
+                    "pin, delete the old copy, and fetch it again: the new file is pinned.",
+    )
+    fp.add_argument("name", help="manifest entry name, e.g. nsd.betas_session (see `braincorl-lite fetch list`)")
+    fp.add_argument("--subject", type=int, metavar="N", help="subject of a per-subject entry")
+    fp.add_argument("--session", type=int, metavar="N", help="session of a per-session entry")
+    fp.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: $BRAINCORL_DATA)")
+    fp.set_defaults(func=_cmd_fetch_forget_pin, _real_command="fetch forget-pin")
+
     lst = sub.add_parser("list", help="list every manifest entry")
     lst.add_argument("--cache-dir", metavar="DIR", help=argparse.SUPPRESS)
     lst.set_defaults(func=_cmd_fetch_list, _real_command="fetch list")
@@ -191,9 +228,12 @@ def _cmd_prepare(args) -> int:
     data = prepare_subject(
         args.subject, args.features, out, nsd_root=args.nsd_root, sessions=args.sessions,
         min_repeats=args.min_repeats, ncsnr=args.ncsnr, verify=not args.no_verify,
-        use_stim_info=not args.no_stim_info, progress=not args.no_progress,
+        use_stim_info=not args.no_stim_info, progress=not args.no_progress, voxels=args.voxels,
     )
     print(repr(data))
+    vs = data.meta["voxel_set"]
+    print(f"voxels: {vs['name']} ({vs['definition']}), {vs['n_voxels']} of {data.meta['n_voxels_nsdgeneral']} "
+          "nsdgeneral voxels", file=sys.stderr)
     dropped = data.meta.get("n_voxels_dropped_nan", 0)
     if dropped:
         print(f"dropped {dropped} voxel(s) with NaN values", file=sys.stderr)
@@ -205,7 +245,8 @@ def _register_prepare(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare-nsd", help="build the subject container of one real NSD subject",
         description="Read one NSD subject's design, session betas (HDF5) and ROI volumes from the cache "
-                    "(or --nsd-root), z-score per session, average repeats, restrict to nsdgeneral, label "
+                    "(or --nsd-root), z-score per session, average repeats, restrict to nsdgeneral (or its "
+                    "fLoc ROIs with --voxels higher-visual), label "
                     "fLoc ROIs, compute the noise ceiling, attach image features, and save a SubjectData "
                     "file usable by every notebook with dataset='nsd'. Streams one session at a time.",
     )
@@ -222,6 +263,11 @@ def _register_prepare(subparsers) -> None:
                    help="keep images shown at least this many times in the sessions used (default: 1)")
     p.add_argument("--ncsnr", default="computed", choices=("computed", "nsd"),
                    help="noise-ceiling SNR computed from the sessions used (default) or NSD's ncsnr.nii.gz")
+    p.add_argument("--voxels", default="nsdgeneral", choices=("nsdgeneral", "higher-visual"),
+                   help="nsdgeneral (default): every voxel of NSD's nsdgeneral visual-cortex mask; higher-visual: "
+                        "only the nsdgeneral voxels inside NSD's fLoc ROIs (floc-faces, floc-bodies, floc-places, "
+                        "floc-words), closer to the paper's higher visual cortex (the official code does not "
+                        "publish its mask). The choice is recorded in meta['voxel_set']")
     p.add_argument("--no-verify", action="store_true", help="skip sha256 checks of the input files")
     p.add_argument("--no-stim-info", action="store_true",
                    help="ignore nsd_stim_info_merged.csv even when it is available")
@@ -235,9 +281,17 @@ def _register_prepare(subparsers) -> None:
 @_handler
 def _cmd_extract(args) -> int:
     from . import fetch
+    from .errors import ConfigError
     from .features import extract_folder_features, extract_nsd_features, load_clip, subject_image_ids
 
-    encoder = load_clip(args.model, args.pretrained, weights=args.weights, device=args.device)
+    if args.weights and args.pretrained in ("none", "") and args.quick_gelu is None:
+        raise ConfigError(
+            f"--weights {args.weights} with --pretrained none: say whether the checkpoint needs QuickGELU "
+            "activations (--quick-gelu for OpenAI CLIP weights, --no-quick-gelu otherwise), or label it with a "
+            "--pretrained tag from data_manifests/clip.yaml, which knows"
+        )
+    encoder = load_clip(args.model, args.pretrained, weights=args.weights, device=args.device,
+                        quick_gelu=args.quick_gelu)
     common = dict(encoder=encoder, batch_size=args.batch_size, chunk_size=args.chunk_size,
                   max_chunks=args.max_chunks, overwrite=args.overwrite, progress=not args.no_progress)
     if args.images_dir is not None:
@@ -278,7 +332,12 @@ def _register_extract(subparsers) -> None:
     p.add_argument("--model", default="ViT-B-32", help="open_clip model name (default: ViT-B-32)")
     p.add_argument("--pretrained", default="openai",
                    help="weights tag from data_manifests/clip.yaml (default: openai); 'none' = random weights")
-    p.add_argument("--weights", metavar="FILE", help="use this checkpoint file instead of the cached one")
+    p.add_argument("--weights", metavar="FILE",
+                   help="use this checkpoint file instead of the cached one; its architecture settings "
+                        "(QuickGELU, preprocessing) come from the --pretrained tag's manifest entry")
+    p.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="QuickGELU activations (OpenAI weights) or not; only needed with --weights and a tag the "
+                        "manifest does not know (or --pretrained none); a value contradicting the manifest is refused")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default: 64)")
     p.add_argument("--chunk-size", type=int, default=1024, metavar="N",
                    help="images per saved chunk, the unit of resuming (default: 1024)")

@@ -21,6 +21,8 @@ attributes: ``model``, ``pretrained``, ``weights_sha256``, ``source_kind``, ``so
 ``embed_dim``, ``chunk_size``, ``normalised``, ``format_version``, ``open_clip_version``.
 
 While running, the file is ``<out>.partial``; it is renamed to ``<out>`` once every chunk is done.
+A run holds ``<out>.lock`` (an advisory ``flock``) meanwhile, so a second run writing the same
+output is refused instead of sharing the file.
 
 Examples
 --------
@@ -31,6 +33,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -41,8 +44,11 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from . import fetch
+from .errors import BraInCoRLError, ConfigError
 
 __all__ = [
+    "FeaturesInputError",
+    "OutputLockedError",
     "FORMAT_VERSION",
     "IMAGE_EXTENSIONS",
     "ClipEncoder",
@@ -65,6 +71,19 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _FINGERPRINT = ("model", "pretrained", "weights_sha256", "source_kind", "chunk_size", "ids_sha1", "n_images")
+
+
+class FeaturesInputError(BraInCoRLError, ValueError):
+    """An image, checkpoint or output file that cannot be used (the message names it)."""
+
+
+class OutputLockedError(BraInCoRLError, RuntimeError):
+    """Another extraction is writing the same output file."""
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text[:limit]}"
 
 
 def default_device(device: Optional[str] = None):
@@ -216,24 +235,53 @@ def load_clip(model: str = "ViT-B-32", pretrained: Optional[str] = "openai", *,
         Download the manifest's checkpoint if it is not cached (default False: raise
         :class:`~braincorl_lite.fetch.MissingDataError` with the fetch command instead).
     quick_gelu : bool, optional
-        Force QuickGELU activations (the OpenAI weights need them); default from the manifest.
+        QuickGELU activations (the OpenAI weights need them). For a manifest tag, also with
+        ``weights``, the manifest's ``open_clip.quick_gelu`` is used and a contradicting value is
+        refused; with ``weights`` and a tag the manifest does not know, it must be given.
+        Default for random weights or ``pretrained=None``: False.
 
     Returns
     -------
     ClipEncoder
+
+    Raises
+    ------
+    ConfigError
+        ``weights`` with a tag the manifest does not know and no ``quick_gelu``, or a
+        ``quick_gelu`` that contradicts the manifest.
+    FeaturesInputError
+        A checkpoint that open_clip cannot load (damaged file, other architecture).
     """
     kwargs = {}
     sha = ""
     tag = "none" if pretrained in (None, "none", "") else str(pretrained)
-    if weights is None and tag != "none":
-        entry = fetch.clip_entry(model, tag)
-        weights = fetch.locate(entry, download=download)
+    entry = None
+    if tag != "none":
+        try:
+            entry = fetch.clip_entry(model, tag)
+        except KeyError as exc:
+            if weights is None:
+                raise
+            if quick_gelu is None:
+                raise ConfigError(
+                    f"--weights {weights} is labelled --pretrained {tag}, which data_manifests/clip.yaml does not "
+                    f"list for {model}, so whether it needs QuickGELU activations is unknown (OpenAI weights do; "
+                    "wrong activations give wrong embeddings without any error). Use a tag the manifest knows "
+                    "(see `braincorl-lite fetch list`) or say --quick-gelu / --no-quick-gelu."
+                ) from exc
+    if entry is not None:
         oc = entry.extra["open_clip"]
-        if quick_gelu is None:
-            quick_gelu = bool(oc.get("quick_gelu", False))
+        if quick_gelu is not None and bool(quick_gelu) != bool(oc["quick_gelu"]):
+            raise ConfigError(
+                f"{model} / {tag} uses quick_gelu={bool(oc['quick_gelu'])} (data_manifests/clip.yaml); "
+                f"quick_gelu={bool(quick_gelu)} would give wrong embeddings"
+            )
+        quick_gelu = bool(oc["quick_gelu"])
         for key in ("image_mean", "image_std", "image_interpolation", "image_resize_mode"):
             if key in oc:
                 kwargs[key] = tuple(oc[key]) if isinstance(oc[key], list) else oc[key]
+    if weights is None and entry is not None:
+        weights = fetch.locate(entry, download=download)
         sha = entry.sha256 or fetch.read_pins().get(entry.pin_key, {}).get("sha256", "")
     elif weights is not None:
         weights = Path(weights)
@@ -245,13 +293,20 @@ def load_clip(model: str = "ViT-B-32", pretrained: Optional[str] = "openai", *,
     dev = default_device(device)
     import open_clip
 
+    if model not in open_clip.list_models():
+        raise ConfigError(f"open_clip has no model {model!r}; known: {', '.join(open_clip.list_models()[:20])}, ...")
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(
             model, pretrained=str(weights) if weights is not None else None,
             force_quick_gelu=bool(quick_gelu), device=dev, **kwargs,
         )
-    except RuntimeError as exc:
-        raise RuntimeError(f"open_clip could not build {model!r} from {weights}: {exc}") from exc
+    except Exception as exc:  # torch.load and open_clip raise many types for a bad file
+        if weights is None:
+            raise
+        raise FeaturesInputError(
+            f"cannot load the CLIP checkpoint {weights} as open_clip {model!r} ({_first_line(exc)}). The file is "
+            "damaged (delete it and fetch it again) or holds another model's weights."
+        ) from exc
     tokenizer = open_clip.get_tokenizer(model)
     if tag == "none" and weights is None:
         log.warning("CLIP model %s has random weights (pretrained=None): embeddings are meaningless", model)
@@ -386,17 +441,62 @@ def load_features(path: Union[str, Path]):
     return ids, feats, attrs
 
 
-def _extract(out: Path, ids: np.ndarray, load: Callable, encoder: ClipEncoder, *, source_kind: str,
-             source: str, names: Optional[list], batch_size: int, chunk_size: int,
-             max_chunks: Optional[int], overwrite: bool, progress: bool) -> Optional[Path]:
+@contextlib.contextmanager
+def _output_lock(out: Path):
+    """Hold ``<out>.lock`` (``flock``) while ``out`` is written; refuse when another run holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    lock = out.with_name(out.name + ".lock")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fh = open(lock, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise OutputLockedError(
+                f"another extract-features run (pid {holder}) is writing {out}: wait for it to finish, or "
+                "choose another --out (its unfinished work is in use and must be left alone)."
+            ) from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                break  # else the previous holder removed the file between our open and flock
+        except FileNotFoundError:
+            pass
+        fh.close()
+    with fh:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+
+
+def _extract(out: Path, ids: np.ndarray, load: Callable, encoder: ClipEncoder, **kw) -> Optional[Path]:
+    out = Path(out)
+    if int(ids.size) == 0:
+        raise ValueError("no images to encode")
+    with _output_lock(out):
+        return _extract_locked(out, ids, load, encoder, **kw)
+
+
+def _extract_locked(out: Path, ids: np.ndarray, load: Callable, encoder: ClipEncoder, *, source_kind: str,
+                    source: str, names: Optional[list], batch_size: int, chunk_size: int,
+                    max_chunks: Optional[int], overwrite: bool, progress: bool) -> Optional[Path]:
     import h5py
     from tqdm.auto import tqdm
 
-    out = Path(out)
     partial = out.with_name(out.name + ".partial")
     n = int(ids.size)
-    if n == 0:
-        raise ValueError("no images to encode")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be >= 1")
     want = {**encoder.describe(), "source_kind": source_kind, "source": source, "chunk_size": int(chunk_size),
@@ -410,8 +510,14 @@ def _extract(out: Path, ids: np.ndarray, load: Callable, encoder: ClipEncoder, *
             if p.exists():
                 p.unlink()
     if out.exists():
-        with h5py.File(out, "r") as fh:
-            bad = mismatch(_attrs_of(fh))
+        try:
+            with h5py.File(out, "r") as fh:
+                bad = mismatch(_attrs_of(fh))
+        except OSError as exc:
+            raise FeaturesInputError(
+                f"{out} exists but is not a features file (not HDF5: {_first_line(exc)}); choose another --out, "
+                "or pass --overwrite to replace it"
+            ) from exc
         if bad:
             raise FileExistsError(f"{out} exists but was made with other settings ({bad}); use overwrite=True (--overwrite)")
         log.info("%s is already complete", out)
@@ -559,9 +665,11 @@ def extract_folder_features(images_dir: Union[str, Path], out: Union[str, Path],
             try:
                 with Image.open(p) as im:
                     imgs.append(im.convert("RGB"))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise ValueError(f"cannot read image {p}: {exc}. Remove or replace it and run again "
-                                 "(finished chunks are kept and resumed).") from exc
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+                raise FeaturesInputError(
+                    f"cannot read image {p}: {_first_line(exc)}. Remove or replace it and run again "
+                    "(finished chunks are kept and resumed)."
+                ) from exc
         return imgs
 
     return _extract(Path(out), np.arange(len(files), dtype=np.int64), load, encoder, source_kind="images-dir",

@@ -18,9 +18,12 @@ Entries with a known ``sha256`` are checked after every download and on every us
 hash is unknown (``sha256: null``) are pinned on first download: their sha256 and size are written
 to ``<cache>/pins.json`` and checked on every later use (trust on first use).
 
-Downloads go through :mod:`pooch` (``retry_if_failed`` for retries, a temporary file that is moved
-into place only once its hash matches) with a downloader that shows a ``tqdm`` progress bar and
-resumes an interrupted transfer with an HTTP range request when the server supports it.
+Downloads go through :mod:`pooch` (a temporary file that is moved into place only once its hash
+matches) with a downloader that shows a ``tqdm`` progress bar and resumes an interrupted transfer
+with an HTTP range request when the server supports it. Only transient failures (no connection,
+time-outs, HTTP 5xx, a cut transfer) are retried; a hash mismatch or an HTTP 4xx answer cannot
+succeed on a second try and is reported at once. Empty temporary files that a killed run left in a
+cache folder are removed before the next download there.
 
 Examples
 --------
@@ -40,12 +43,15 @@ import operator
 import os
 import re
 import string
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional, Union
 from urllib.parse import urlparse
 
 import pooch
+
+from .errors import BraInCoRLError
 
 __all__ = [
     "ENV_CACHE",
@@ -54,6 +60,8 @@ __all__ = [
     "MissingDataError",
     "DownloadError",
     "HashMismatchError",
+    "HTTPClientError",
+    "CacheDirError",
     "ManifestError",
     "Entry",
     "ResumableDownloader",
@@ -70,6 +78,7 @@ __all__ = [
     "verify_file",
     "read_pins",
     "forget_pin",
+    "forget_pin_command",
     "describe",
     "fetch_command",
 ]
@@ -93,10 +102,11 @@ _TOP_REQUIRED = ("schema_version", "manifest", "cache_subdir", "files")
 _TOP_OPTIONAL = ("title", "homepage", "notes", "defaults")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _MANIFEST_CACHE: dict = {}  # parsed manifests, keyed by folder and file stamps
+_POOCH_TMP_RE = re.compile(r"^tmp[a-z0-9_]{8}$")  # names of pooch's temporary files (tempfile's "tmp" + 8)
 
 
 # ---------------------------------------------------------------------- errors
-class FetchError(Exception):
+class FetchError(BraInCoRLError):
     """Base class of the errors raised by :mod:`braincorl_lite.fetch`."""
 
 
@@ -106,6 +116,14 @@ class MissingDataError(FetchError, FileNotFoundError):
 
 class DownloadError(FetchError, ConnectionError):
     """A download failed (offline, unreachable host, HTTP error) after all retries."""
+
+
+class HTTPClientError(DownloadError):
+    """The server answered with an HTTP 4xx status (not found, forbidden...): not retried."""
+
+
+class CacheDirError(FetchError, OSError):
+    """The cache folder cannot be used (a file stands in its way, or it is not writable)."""
 
 
 class HashMismatchError(FetchError, ValueError):
@@ -581,6 +599,12 @@ def forget_pin(entry: Union[str, Entry], cache: Optional[Union[str, Path]] = Non
     return True
 
 
+def forget_pin_command(entry: Entry) -> str:
+    """The ``braincorl-lite fetch forget-pin ...`` command that removes the pin of an (expanded) entry."""
+    args = "".join(f" --{k} {v}" for k, v in sorted(entry.params.items()))
+    return f"braincorl-lite fetch forget-pin {entry.name}{args}"
+
+
 # ---------------------------------------------------------------------- checking
 def fetch_command(entry: Entry) -> str:
     """The ``braincorl-lite fetch ...`` command that downloads an (expanded) entry."""
@@ -637,10 +661,15 @@ def verify_file(entry: Entry, path: Union[str, Path], cache: Optional[Union[str,
         raise HashMismatchError(
             f"{entry.label}: {path} has sha256 {sha} but {source} expects {expected}. "
             f"The file is corrupt or changed upstream. Delete it and run `{fetch_command(entry)}` again; "
-            "if the file changed upstream on purpose, update data_manifests/ or remove the pin with "
-            f"braincorl_lite.fetch.forget_pin({entry.name!r}{''.join(f', {k}={v}' for k, v in entry.params.items())})."
+            f"if the file changed upstream on purpose, {_changed_upstream_advice(entry)}."
         )
     return sha
+
+
+def _changed_upstream_advice(entry: Entry) -> str:
+    if entry.sha256:
+        return f"update the sha256 of {entry.name} in data_manifests/{entry.manifest}.yaml"
+    return f"forget its pin with `{forget_pin_command(entry)}` and fetch it again"
 
 
 def _as_entry(entry: Union[str, Entry], params: dict) -> Entry:
@@ -730,6 +759,56 @@ class ResumableDownloader:
         os.replace(part, out)
 
 
+def _usable_folder(folder: Path, cache: Path) -> None:
+    """Create ``folder`` (below ``cache``) for a download, or say why it cannot be used.
+
+    Also removes the temporary files that a killed earlier download left there (pooch's
+    ``tmpXXXXXXXX``): empty ones (the bytes received are kept in the resumable ``.part`` file) and
+    full ones older than an hour (killed while being hashed; younger ones may belong to a
+    download running in another process).
+
+    Raises
+    ------
+    CacheDirError
+        A file stands where a folder is needed, or the folder is not writable.
+    """
+    fix = f"point ${ENV_CACHE} (or --cache-dir) at a writable folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), Path(exc.filename or folder))
+        raise CacheDirError(
+            f"the cache folder {folder} cannot be created: {blocker} is a file, not a folder. "
+            f"Move that file away, or {fix}. (This is a problem of the local disk, not of the network.)"
+        ) from exc
+    except OSError as exc:
+        raise CacheDirError(
+            f"cannot create the cache folder {folder} ({exc.strerror or exc}): make {cache} writable, or {fix}. "
+            "(This is a problem of the local disk, not of the network.)"
+        ) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CacheDirError(
+            f"the cache folder {folder} is not writable (read-only disk or missing permission): make it "
+            f"writable, or {fix}. (This is a problem of the local disk, not of the network.)"
+        )
+    for stale in folder.iterdir():
+        if not (_POOCH_TMP_RE.match(stale.name) and stale.is_file()):
+            continue
+        st = stale.stat()
+        if st.st_size == 0 or st.st_mtime < time.time() - 3600:
+            log.info("removing %s, left behind by an interrupted download", stale)
+            stale.unlink(missing_ok=True)
+
+
+def _retryable(exc: Exception) -> bool:
+    """Whether a failed transfer may succeed when tried again (not a 4xx answer)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
+        return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
+    return True
+
+
 def _download(entry: Entry, cache: Path, retries: int, progressbar: bool, timeout: float) -> Path:
     import requests
 
@@ -737,26 +816,52 @@ def _download(entry: Entry, cache: Path, retries: int, progressbar: bool, timeou
     pin = read_pins(cache).get(entry.pin_key)
     known = entry.sha256 or (pin or {}).get("sha256")
     root = cache / entry.cache_subdir
+    _usable_folder(entry.path(cache).parent, cache)
     registry = {entry.local: f"sha256:{known}" if known else None}
+    # pooch itself retries everything, hash mismatches and 404s included: retries are done here
     store = pooch.create(path=root, base_url="", registry=registry, urls={entry.local: entry.url},
-                         retry_if_failed=retries)
+                         retry_if_failed=0)
     downloader = ResumableDownloader(progressbar=progressbar, timeout=timeout)
-    try:
-        fname = store.fetch(entry.local, downloader=downloader)
-    except ValueError as exc:  # pooch's hash mismatch
-        raise HashMismatchError(
-            f"{entry.label}: the file downloaded from {entry.url} does not have the expected sha256 "
-            f"({'manifest' if entry.sha256 else 'pinned on first download'}: {known}). Details: {exc}. "
-            "The transfer may have been corrupted (try again) or the file changed upstream (check, then "
-            f"update data_manifests/ or call braincorl_lite.fetch.forget_pin({entry.name!r}, ...))."
-        ) from exc
-    except (requests.exceptions.RequestException, OSError) as exc:
-        raise DownloadError(
-            f"could not download {entry.label} from {entry.url} (after {retries} retr{'y' if retries == 1 else 'ies'}): "
-            f"{type(exc).__name__}: {exc}. Check your network connection (and proxy settings); an "
-            f"interrupted transfer resumes when you run the command again. You can also download the "
-            f"file by other means and place it at {entry.path(cache)}; it will be checked on first use."
-        ) from exc
+    attempt = 0
+    while True:
+        try:
+            fname = store.fetch(entry.local, downloader=downloader)
+            break
+        except ValueError as exc:  # pooch's hash mismatch: the same bytes would come again
+            raise HashMismatchError(
+                f"{entry.label}: the file downloaded from {entry.url} does not have the expected sha256 "
+                f"({'manifest' if entry.sha256 else 'pinned on first download'}: {known}). Details: {exc}. "
+                "The transfer may have been corrupted (run the command again) or the file changed upstream "
+                f"(check, then {_changed_upstream_advice(entry)})."
+            ) from exc
+        except requests.exceptions.RequestException as exc:
+            if not _retryable(exc):
+                status = exc.response.status_code
+                raise HTTPClientError(
+                    f"could not download {entry.label}: the server answered HTTP {status} "
+                    f"{exc.response.reason or ''} for {entry.url}. This is not a network problem and "
+                    "retrying will not help: the file is missing upstream or access is refused (for NSD, "
+                    "check that you accepted the data-use terms and that the file exists; the URL comes "
+                    f"from data_manifests/{entry.manifest}.yaml)."
+                ) from exc
+            if attempt >= retries:
+                raise DownloadError(
+                    f"could not download {entry.label} from {entry.url} (after {retries} "
+                    f"retr{'y' if retries == 1 else 'ies'}): {type(exc).__name__}: {exc}. Check your network "
+                    "connection (and proxy settings); an interrupted transfer resumes when you run the command "
+                    f"again. You can also download the file by other means and place it at "
+                    f"{entry.path(cache)}; it will be checked on first use."
+                ) from exc
+            attempt += 1
+            log.info("download of %s failed (%s); trying again (%d of %d)", entry.label, exc, attempt, retries)
+            time.sleep(min(attempt, 10))
+        except OSError as exc:  # local: disk full, permissions...
+            where = exc.filename or entry.path(cache).parent
+            raise CacheDirError(
+                f"could not write {entry.label} into the cache: {exc.strerror or exc} ({where}). Free some "
+                f"space or fix the permissions, or point ${ENV_CACHE} (or --cache-dir) at another folder. "
+                "(This is a problem of the local disk, not of the network.)"
+            ) from exc
     path = Path(fname)
     if known is None:
         _pin(entry, path, cache)
@@ -780,7 +885,8 @@ def locate(entry: Union[str, Entry], *, download: bool = False, verify: bool = T
     cache : path, optional
         Cache directory (default :func:`cache_dir`).
     retries : int
-        Extra download attempts after a failure (pooch ``retry_if_failed``).
+        Extra download attempts after a transient failure (no connection, time-out, HTTP 5xx);
+        hash mismatches and HTTP 4xx answers are never retried.
     progressbar : bool
         Show a ``tqdm`` progress bar while downloading.
     timeout : float
@@ -797,7 +903,9 @@ def locate(entry: Union[str, Entry], *, download: bool = False, verify: bool = T
     MissingDataError
         The file is absent and ``download`` is false.
     DownloadError
-        Offline, unreachable or HTTP error.
+        Offline, unreachable or HTTP error (:class:`HTTPClientError` for a 4xx answer).
+    CacheDirError
+        The cache folder cannot be created or written.
     HashMismatchError
         The file does not match its manifest hash or pin.
     """

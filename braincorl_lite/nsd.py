@@ -35,6 +35,10 @@ nsdgeneral voxels (one z-slab of their bounding box at a time):
 5. ROI labels: NSD's fLoc labels mapped to the package's names (:data:`ROI_MAP`), ``"other"``
    elsewhere. NSD has no food ROI, so no voxel is labelled food.
 
+The voxels kept are those of ``nsdgeneral`` (default) or, with ``voxels="higher-visual"``, only
+the nsdgeneral voxels inside one of the four fLoc ROI files (:data:`VOXEL_SETS`); ROI volumes
+must hold integer labels. A subject whose every voxel is flat in some session is refused.
+
 Peak memory is about one ``(n_images, n_voxels)`` float32 array (the result) plus one session of
 the selected voxels (``750 x n_voxels`` float32) plus one z-slab; see
 ``benchmarks/prepare_nsd_memory.py``.
@@ -51,6 +55,7 @@ import numpy as np
 
 from . import fetch
 from .data import SubjectData, save_subject
+from .errors import BraInCoRLError, ConfigError
 
 __all__ = [
     "NSD_SESSIONS_COMPLETED",
@@ -60,6 +65,7 @@ __all__ = [
     "FLOC_FILES",
     "FLOC_LABELS",
     "ROI_MAP",
+    "VOXEL_SETS",
     "NSDFormatError",
     "NSDDesign",
     "read_design",
@@ -103,7 +109,24 @@ ROI_MAP = {
 FLOC_CATEGORY = {"floc-faces": "faces", "floc-places": "places", "floc-bodies": "bodies", "floc-words": "words"}
 
 
-class NSDFormatError(ValueError):
+#: voxel sets ``prepare_subject(voxels=...)`` can keep, with the definition recorded in the metadata
+VOXEL_SETS = {
+    "nsdgeneral": {
+        "definition": "nsdgeneral > 0",
+        "source": "NSD's nsdgeneral.nii.gz (func1pt8mm), the visual-cortex mask NSD provides",
+    },
+    "higher-visual": {
+        "definition": "nsdgeneral > 0 and (floc-faces > 0 or floc-bodies > 0 or floc-places > 0 or floc-words > 0)",
+        "source": "NSD's fLoc category-selective ROI files (floc-faces, floc-bodies, floc-places, floc-words "
+                  ".nii.gz, func1pt8mm) intersected with nsdgeneral.nii.gz",
+        "note": "an approximation of the paper's higher visual cortex: the official code (GitHub "
+                "leomqyu/BraInCoRL, scripts/dataset.py and scripts/test_det.py) loads already masked arrays "
+                "(s{N}_unique_nrn_feats_msk.npy) and does not publish the mask that made them",
+    },
+}
+
+
+class NSDFormatError(BraInCoRLError, ValueError):
     """An NSD file is missing, truncated, or not in the expected format."""
 
 
@@ -214,7 +237,7 @@ def parse_sessions(spec: Union[None, str, int, Sequence[int]], subject: int) -> 
     27
     """
     if subject not in NSD_SESSIONS_COMPLETED:
-        raise ValueError(f"NSD subjects are 1..8, got {subject}")
+        raise ConfigError(f"NSD subjects are 1..8, got {subject}")
     n = NSD_SESSIONS_COMPLETED[subject]
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "public"):
         return list(range(1, NSD_PUBLIC_SESSIONS[subject] + 1))
@@ -235,17 +258,17 @@ def parse_sessions(spec: Union[None, str, int, Sequence[int]], subject: int) -> 
                 else:
                     out.add(int(part))
             except ValueError:
-                raise ValueError(f"cannot read the session list {spec!r}: use e.g. '1-37', '1,3,5-7', 'all' or 'public'") from None
+                raise ConfigError(f"cannot read the session list {spec!r}: use e.g. '1-37', '1,3,5-7', 'all' or 'public'") from None
         values = sorted(out)
     elif isinstance(spec, (int, np.integer)):
         values = [int(spec)]
     else:
         values = sorted({int(s) for s in spec})
     if not values:
-        raise ValueError("the session list is empty")
+        raise ConfigError("the session list is empty")
     bad = [s for s in values if not 1 <= s <= n]
     if bad:
-        raise ValueError(f"subject {subject} completed sessions 1..{n}; {bad} do not exist")
+        raise ConfigError(f"subject {subject} completed sessions 1..{n}; {bad} do not exist")
     return values
 
 
@@ -390,12 +413,43 @@ def _load_volume(path, what: str):
     return data, np.asarray(img.affine, dtype=float)
 
 
-def _read_rois(paths: dict):
-    """nsdgeneral mask, its affine, and fine fLoc labels of the masked voxels."""
-    general, affine = _load_volume(paths["nsdgeneral"], "nsdgeneral")
-    mask = np.nan_to_num(np.asarray(general, dtype=float)) > 0
+def _label_volume(path, what: str):
+    """An ROI volume as integer labels (NaN -> 0); refuses non-integer values."""
+    vol, affine = _load_volume(path, what)
+    vol = np.asarray(vol, dtype=float)
+    finite = vol[np.isfinite(vol)]
+    odd = finite[finite != np.round(finite)]
+    if odd.size:
+        raise NSDFormatError(
+            f"{path}: the {what} ROI volume holds {odd.size} non-integer value(s) (e.g. {odd[0]:g}); NSD's ROI "
+            "files are integer label maps. Is it a probability map or a resampled (interpolated) copy? Use "
+            "NSD's own func1pt8mm file."
+        )
+    return np.nan_to_num(vol).astype(np.int64), affine
+
+
+def _read_rois(paths: dict, voxels: str = "nsdgeneral"):
+    """Voxel mask, its affine, fine fLoc labels of the masked voxels, overlaps, nsdgeneral size."""
+    general, affine = _label_volume(paths["nsdgeneral"], "nsdgeneral")
+    mask = general > 0
     if not mask.any():
         raise NSDFormatError(f"{paths['nsdgeneral']}: the nsdgeneral mask has no voxel > 0")
+    vols = {}
+    for name in FLOC_FILES:
+        vol, aff = _label_volume(paths["floc"][name], name)
+        if vol.shape != mask.shape:
+            raise NSDFormatError(
+                f"{paths['floc'][name]}: shape {vol.shape} differs from nsdgeneral's {mask.shape}; "
+                "the ROI files must come from the same subject and space (func1pt8mm)"
+            )
+        if not np.allclose(aff, affine, atol=1e-3):
+            raise NSDFormatError(f"{paths['floc'][name]}: its affine differs from nsdgeneral's")
+        vols[name] = vol
+    n_general = int(mask.sum())
+    if voxels == "higher-visual":
+        mask &= np.logical_or.reduce([v > 0 for v in vols.values()])
+        if not mask.any():
+            raise NSDFormatError(f"no nsdgeneral voxel lies in any fLoc ROI ({', '.join(FLOC_FILES)}) of this subject")
     ijk = np.argwhere(mask)  # C order over (X, Y, Z)
     fine = np.full(len(ijk), "", dtype=object)
     overlaps = 0
@@ -409,22 +463,14 @@ def _read_rois(paths: dict):
                     f"{ctab_path}: label table {table} differs from the numbering this code assumes "
                     f"({labels}); update braincorl_lite.nsd.FLOC_LABELS"
                 )
-        vol, aff = _load_volume(paths["floc"][name], name)
-        if vol.shape != mask.shape:
-            raise NSDFormatError(
-                f"{paths['floc'][name]}: shape {vol.shape} differs from nsdgeneral's {mask.shape}; "
-                "the ROI files must come from the same subject and space (func1pt8mm)"
-            )
-        if not np.allclose(aff, affine, atol=1e-3):
-            raise NSDFormatError(f"{paths['floc'][name]}: its affine differs from nsdgeneral's")
-        values = np.nan_to_num(np.asarray(vol, dtype=float))[mask].round().astype(int)
+        values = vols[name][mask]
         for value in np.unique(values[values > 0]):
             if value not in labels:
                 raise NSDFormatError(f"{paths['floc'][name]}: unknown label value {value} (known: {labels})")
             hit = values == value
             overlaps += int(np.sum(hit & (fine != "")))
             fine[hit & (fine == "")] = labels[value]
-    return mask, affine, ijk, fine.astype(str), overlaps
+    return mask, affine, ijk, fine.astype(str), overlaps, n_general
 
 
 def _open_betas(path, session: int, spatial_shape: tuple):
@@ -543,7 +589,7 @@ def _load_features_for(features, image_ids: np.ndarray):
     found = ids[order][pos] == image_ids
     if not found.all():
         missing = image_ids[~found]
-        raise ValueError(
+        raise ConfigError(
             f"the features ({features if not isinstance(features, tuple) else 'given arrays'}) lack "
             f"{missing.size} of the {image_ids.size} images of this subject (first NSD ids: "
             f"{missing[:5].tolist()}); extract features for the subject's images first "
@@ -556,7 +602,7 @@ def _load_features_for(features, image_ids: np.ndarray):
 def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = None, *,
                     nsd_root: Optional[Union[str, Path]] = None, sessions=None, min_repeats: int = 1,
                     ncsnr: str = "computed", verify: bool = True, use_stim_info: bool = True,
-                    progress: bool = True) -> SubjectData:
+                    progress: bool = True, voxels: str = "nsdgeneral") -> SubjectData:
     """Build the :class:`~braincorl_lite.data.SubjectData` of one NSD subject from NSD's files.
 
     Parameters
@@ -584,6 +630,11 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
         record the COCO id of every image in ``meta["coco_ids"]``.
     progress : bool
         Show a progress bar over sessions.
+    voxels : {"nsdgeneral", "higher-visual"}
+        Which voxels to keep (see :data:`VOXEL_SETS`): all of NSD's ``nsdgeneral`` mask (default),
+        or only its voxels inside one of NSD's fLoc ROIs (faces, bodies, places, words), closer to
+        the paper's higher visual cortex. The choice, its definition and its source are recorded
+        in ``meta["voxel_set"]``.
 
     Returns
     -------
@@ -597,14 +648,17 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
     braincorl_lite.fetch.MissingDataError
         A required file is missing (the message says how to fetch it).
     NSDFormatError
-        A file is truncated, corrupt or inconsistent with the others.
+        A file is truncated, corrupt or inconsistent with the others, or every voxel's betas are
+        constant (nothing usable would be written).
     """
     from tqdm.auto import tqdm
 
     if min_repeats not in (1, 2, 3):
-        raise ValueError(f"min_repeats must be 1, 2 or 3, got {min_repeats}")
+        raise ConfigError(f"min_repeats must be 1, 2 or 3, got {min_repeats}")
     if ncsnr not in ("computed", "nsd"):
-        raise ValueError(f"ncsnr must be 'computed' or 'nsd', got {ncsnr!r}")
+        raise ConfigError(f"ncsnr must be 'computed' or 'nsd', got {ncsnr!r}")
+    if voxels not in VOXEL_SETS:
+        raise ConfigError(f"voxels must be one of {sorted(VOXEL_SETS)}, got {voxels!r}")
     sessions = parse_sessions(sessions, subject)
     paths = nsd_paths(subject, sessions, nsd_root=nsd_root, verify=verify)
     if ncsnr == "nsd" and paths["ncsnr"] is None:
@@ -624,7 +678,7 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
     kept = counts >= min_repeats
     image_ids, n_rep = uniq[kept], counts[kept]
     if image_ids.size == 0:
-        raise ValueError(f"no image is shown {min_repeats} or more times in sessions {sessions}")
+        raise ConfigError(f"no image is shown {min_repeats} or more times in sessions {sessions}")
     row_of = np.full(N_NSD_IMAGES, -1, dtype=np.int64)
     row_of[image_ids] = np.arange(image_ids.size)
     trial_rows = row_of[trial_ids]
@@ -632,11 +686,11 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
 
     feats, feat_attrs = _load_features_for(features, image_ids)
 
-    mask, affine, ijk, fine, overlaps = _read_rois(paths)
+    mask, affine, ijk, fine, overlaps, n_general = _read_rois(paths, voxels)
     spatial = mask.shape
     n_vox = len(ijk)
-    log.info("subject %d: %d nsdgeneral voxels, %d images (%d shared), sessions %s",
-             subject, n_vox, image_ids.size, shared_mask.sum(), sessions)
+    log.info("subject %d: %d %s voxels, %d images (%d shared), sessions %s",
+             subject, n_vox, voxels, image_ids.size, shared_mask.sum(), sessions)
 
     acc = np.zeros((image_ids.size, n_vox), dtype=np.float32)  # sums of z-scored trials
     sumsq = np.zeros(n_vox, dtype=np.float64)                  # sum of squares over kept trials
@@ -666,7 +720,7 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
     if ncsnr == "computed":
         df = float(np.sum(n_rep - 1))
         if df <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"no image is repeated within sessions {sessions}, so the noise ceiling cannot be "
                 "computed from the data: use more sessions or ncsnr='nsd'"
             )
@@ -704,6 +758,12 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
         coco_ids = info.loc[image_ids, "cocoId"].astype(np.int64).tolist()
 
     n_bad = int(bad.sum())
+    if n_bad == n_vox:
+        raise NSDFormatError(
+            f"subject {subject}: all {n_vox} voxels have constant (flat) or undefined betas in at least one of "
+            f"sessions {sessions}, so nothing usable remains. The betas files are probably empty, zero-filled "
+            f"or not NSD's (first: {paths['betas'][sessions[0]]}); delete them and download them again."
+        )
     if n_bad:
         log.warning("subject %d: dropping %d of %d voxels with undefined (NaN) values", subject, n_bad, n_vox)
     good = ~bad
@@ -729,7 +789,8 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
         "roi_mapping": {**ROI_MAP, "any other fLoc label, or none": "other"},
         "roi_overlaps": int(overlaps),
         "roi_food": "not available: NSD distributes no food ROI",
-        "n_voxels_nsdgeneral": int(n_vox),
+        "n_voxels_nsdgeneral": int(n_general),
+        "voxel_set": {"name": voxels, **VOXEL_SETS[voxels], "n_voxels": int(n_vox)},
         "n_voxels_dropped_nan": n_bad,
         "dropped_voxel_ijk": dropped_ijk,
         "noise_ceiling": {

@@ -12,6 +12,7 @@ import http.server
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +74,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head:
-            self.wfile.write(body)
+        if head:
+            return
+        if srv.stall_after is not None:  # send a little, then hang (the client gets killed meanwhile)
+            self.wfile.write(body[:srv.stall_after])
+            self.wfile.flush()
+            deadline = time.monotonic() + 30
+            while srv.stall_after is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
 
     def do_GET(self):
         self._serve(head=False)
@@ -94,6 +104,8 @@ class LocalServer(http.server.ThreadingHTTPServer):
         Answer the next N requests with 503.
     ranges : bool
         Honour ``Range: bytes=N-`` requests.
+    stall_after : int or None
+        Send only this many bytes of a body, then hang (until set back to None, or 30 s).
     """
 
     daemon_threads = True
@@ -104,6 +116,7 @@ class LocalServer(http.server.ThreadingHTTPServer):
         self.log: list = []
         self.fail_next = 0
         self.ranges = True
+        self.stall_after = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -117,6 +130,7 @@ def local_server():
     try:
         yield srv
     finally:
+        srv.stall_after = None
         srv.shutdown()
         srv.server_close()
 

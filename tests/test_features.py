@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from braincorl_lite import cli_real, fetch
+from braincorl_lite.errors import BraInCoRLError, ConfigError
 from braincorl_lite.features import (
-    extract_folder_features, extract_nsd_features, load_clip, load_features, save_features, subject_image_ids,
+    FeaturesInputError, OutputLockedError, extract_folder_features, extract_nsd_features, load_clip, load_features,
+    save_features, subject_image_ids,
 )
 from conftest_real import (  # noqa: F401
     FakeEncoder, local_server, make_design, make_stimuli_hdf5, tiny_clip_model,
@@ -132,6 +134,41 @@ def test_corrupt_image_gives_clear_error(image_dir, tmp_path):
     assert not out.exists()  # only the resumable .partial remains, with the first chunk done
     with h5py.File(tmp_path / "f.h5.partial", "r") as fh:
         assert fh["done"][()].tolist() == [True, False, False]
+
+
+def test_existing_non_hdf5_out_is_named(stimuli, tmp_path):
+    out = tmp_path / "features.h5"
+    out.write_text("my notes, not features")
+    with pytest.raises(FeaturesInputError) as exc:
+        extract_nsd_features(stimuli, out, encoder=FakeEncoder(), progress=False)
+    msg = str(exc.value)
+    assert str(out) in msg and "not a features file" in msg and "--overwrite" in msg
+    assert out.read_text() == "my notes, not features"  # left alone
+
+
+def test_concurrent_run_on_same_output_is_refused(stimuli, tmp_path):
+    """A second run writing the same --out while the first is busy is refused (not told to delete)."""
+    out = tmp_path / "f.h5"
+    seen = {}
+
+    class Busy(FakeEncoder):
+        def encode_images(self, images, batch_size=64):
+            if not seen:  # while the first run is working, a second one starts
+                try:
+                    extract_nsd_features(stimuli, out, encoder=FakeEncoder(), chunk_size=4, progress=False)
+                    seen["second"] = "ran"
+                except Exception as exc:  # noqa: BLE001 - the type is checked below
+                    seen["second"] = exc
+            return super().encode_images(images, batch_size)
+
+    assert extract_nsd_features(stimuli, out, encoder=Busy(), chunk_size=4, progress=False) == out
+    err = seen["second"]
+    assert isinstance(err, OutputLockedError) and isinstance(err, BraInCoRLError)
+    assert str(out) in str(err) and "another extract-features run" in str(err) and "delete it" not in str(err)
+    np.testing.assert_allclose(load_features(out)[1], FakeEncoder().encode_images(list(_images(stimuli))), atol=1e-6)
+    assert not (tmp_path / "f.h5.lock").exists()
+    # once the first run is over, the output is free again
+    assert extract_nsd_features(stimuli, out, encoder=FakeEncoder(), chunk_size=4, progress=False) == out
 
 
 def test_empty_folder(tmp_path):
@@ -254,6 +291,72 @@ def test_tiny_clip_nsd_extraction_and_cli(tiny_clip_model, stimuli, image_dir, t
                              "--model", tiny_clip_model, "--pretrained", "none", "--device", "cpu"])
     assert bad.func(bad) == 1
     assert "nsd-hdf5" in capsys.readouterr().err
+
+
+def _bomb_png(path):
+    """A valid PNG header declaring 50,000 x 50,000 pixels (PIL refuses it as a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.slow
+def test_bomb_image_and_garbage_weights_give_one_line_errors(tiny_clip_model, image_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="braincorl-lite")
+    cli_real.register(parser.add_subparsers(dest="command"))
+    _bomb_png(image_dir / "img_99.png")
+    args = parser.parse_args(["extract-features", "--images-dir", str(image_dir), "--out", str(tmp_path / "a.h5"),
+                              "--model", tiny_clip_model, "--pretrained", "none", "--device", "cpu", "--no-progress"])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "img_99.png" in err and "DecompressionBomb" in err
+    garbage = tmp_path / "weights.bin"
+    garbage.write_bytes(b"<html>rate limited</html>" * 10)
+    args = parser.parse_args(["extract-features", "--images-dir", str(image_dir), "--out", str(tmp_path / "b.h5"),
+                              "--model", tiny_clip_model, "--pretrained", "none", "--weights", str(garbage),
+                              "--no-quick-gelu", "--device", "cpu", "--no-progress"])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(garbage) in err and "cannot load the CLIP checkpoint" in err
+
+
+@pytest.mark.slow
+def test_weights_file_takes_quick_gelu_from_manifest(tiny_clip_model, tmp_path, monkeypatch, capsys):
+    """--weights FILE --pretrained TAG: QuickGELU (and preprocessing) come from TAG's manifest entry."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(4)
+    ckpt = tmp_path / "tiny.bin"
+    torch.save(load_clip(tiny_clip_model, None, device="cpu").model.state_dict(), ckpt)
+    entry = fetch.Entry(name="clip.tiny.quick", group="weights", url="https://example.org/tiny.bin",
+                        local="tiny/quick/model.bin", sha256=None, size_bytes=None, licence="test",
+                        description="tiny", manifest="clip", cache_subdir="weights",
+                        extra={"open_clip": {"model": tiny_clip_model, "pretrained": "quick", "quick_gelu": True}})
+    real = fetch.load_manifests()
+    monkeypatch.setattr(fetch, "load_manifests", lambda directory=None: {**real, entry.name: entry})
+
+    def quick(enc):
+        return any(isinstance(m, open_clip.transformer.QuickGELU) for m in enc.model.modules())
+
+    enc = load_clip(tiny_clip_model, "quick", weights=ckpt, device="cpu")
+    assert enc.pretrained == "quick" and quick(enc)
+    assert not quick(load_clip(tiny_clip_model, None, weights=ckpt, device="cpu", quick_gelu=False))
+    with pytest.raises(ConfigError, match="quick_gelu=False would give wrong embeddings"):
+        load_clip(tiny_clip_model, "quick", weights=ckpt, device="cpu", quick_gelu=False)
+    with pytest.raises(ConfigError, match="does not list"):
+        load_clip(tiny_clip_model, "unknown-tag", weights=ckpt, device="cpu")
+    parser = argparse.ArgumentParser(prog="braincorl-lite")
+    cli_real.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["extract-features", "--images-dir", str(tmp_path), "--out", str(tmp_path / "o.h5"),
+                              "--model", tiny_clip_model, "--pretrained", "none", "--weights", str(ckpt)])
+    assert args.func(args) == 1
+    assert "--quick-gelu" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- offline helpers of the book

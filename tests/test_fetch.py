@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -69,8 +74,9 @@ def test_trust_on_first_use_pin(local_server, cache):
     # a changed upstream file is refused too, until the pin is removed on purpose
     path.unlink()
     local_server.files["/b.bin"] = PAYLOAD[::-1]
-    with pytest.raises(fetch.HashMismatchError, match="pinned on first download"):
+    with pytest.raises(fetch.HashMismatchError, match="pinned on first download") as exc:
         fetch.locate(entry, download=True, progressbar=False, retries=0)
+    assert "braincorl-lite fetch forget-pin test.file" in str(exc.value)  # advice a CLI user can follow
     assert not path.exists()
     assert fetch.forget_pin(entry) is True
     assert fetch.locate(entry, download=True, progressbar=False).read_bytes() == PAYLOAD[::-1]
@@ -121,6 +127,82 @@ def test_404_fails_after_retries(local_server, cache):
     entry = make_entry(local_server.url("/missing.bin"), sha256=SHA)
     with pytest.raises(fetch.DownloadError, match="404"):
         fetch.locate(entry, download=True, progressbar=False, retries=0)
+
+
+def test_hash_mismatch_and_4xx_are_not_retried(local_server, cache):
+    """Retrying cannot fix a wrong hash or a 404/403: one request each, whatever ``retries`` says."""
+    local_server.files["/c.bin"] = PAYLOAD
+    wrong = make_entry(local_server.url("/c.bin"), sha256="0" * 64)
+    with pytest.raises(fetch.HashMismatchError):
+        fetch.locate(wrong, download=True, progressbar=False, retries=3)
+    assert len(local_server.log) == 1
+    missing = make_entry(local_server.url("/missing.bin"), local="t/m.bin", sha256=SHA)
+    with pytest.raises(fetch.HTTPClientError):
+        fetch.locate(missing, download=True, progressbar=False, retries=3)
+    assert len(local_server.log) == 2
+    local_server.fail_next = 1  # a 5xx is still retried
+    ok = make_entry(local_server.url("/c.bin"), local="t/ok.bin", sha256=SHA)
+    assert fetch.locate(ok, download=True, progressbar=False, retries=3).read_bytes() == PAYLOAD
+    assert len(local_server.log) == 4
+
+
+def test_local_and_4xx_problems_are_not_called_network_problems(local_server, cache, monkeypatch):
+    local_server.files["/a.bin"] = PAYLOAD
+    # a 404 names the status and the URL, and says it is not the network
+    missing = make_entry(local_server.url("/gone.bin"), sha256=SHA)
+    with pytest.raises(fetch.HTTPClientError) as exc:
+        fetch.locate(missing, download=True, progressbar=False, retries=0)
+    msg = str(exc.value)
+    assert "HTTP 404" in msg and missing.url in msg and "not a network problem" in msg
+    assert "network connection" not in msg
+    # the cache path is a file
+    blocked = cache.parent / "cache_file"
+    blocked.write_text("not a folder")
+    entry = make_entry(local_server.url("/a.bin"), sha256=SHA)
+    with pytest.raises(fetch.CacheDirError) as exc:
+        fetch.locate(entry, download=True, progressbar=False, retries=0, cache=blocked)
+    msg = str(exc.value)
+    assert f"{blocked} is a file" in msg and fetch.ENV_CACHE in msg and "not of the network" in msg
+    assert isinstance(exc.value, OSError) and not isinstance(exc.value, ConnectionError)
+    # a read-only cache folder (simulated: the tests may run as root, which can write anywhere)
+    real_access = os.access
+    monkeypatch.setattr(fetch.os, "access", lambda p, mode: False if str(p).startswith(str(cache)) else real_access(p, mode))
+    with pytest.raises(fetch.CacheDirError) as exc:
+        fetch.locate(entry, download=True, progressbar=False, retries=0)
+    msg = str(exc.value)
+    assert str(entry.path(cache).parent) in msg and "not writable" in msg and "network connection" not in msg
+    assert local_server.log[-1]["path"] == "/gone.bin"  # neither local problem touched the server
+
+
+def test_killed_download_leaves_no_temporary_file(local_server, cache):
+    """SIGKILL in the middle of a transfer: the next run resumes and leaves only the file."""
+    local_server.files["/k.bin"] = PAYLOAD
+    local_server.stall_after = 100_000
+    entry = make_entry(local_server.url("/k.bin"), sha256=SHA)
+    folder = entry.path(cache).parent
+    code = (
+        "from braincorl_lite import fetch\n"
+        f"e = fetch.Entry(name='test.file', group='design', url={entry.url!r}, local={entry.local!r}, "
+        f"sha256={SHA!r}, size_bytes=None, licence='t', description='t', manifest='test', cache_subdir='test')\n"
+        "fetch.locate(e, download=True, progressbar=False, retries=0, timeout=60)\n"
+    )
+    env = {**os.environ, fetch.ENV_CACHE: str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    part = fetch.ResumableDownloader.part_path(entry.url, folder)
+    try:
+        deadline = time.monotonic() + 60
+        while not part.exists():  # the transfer has begun and now hangs
+            assert proc.poll() is None and time.monotonic() < deadline, "the download did not start"
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    left = [p.name for p in folder.iterdir() if p.name.startswith("tmp")]
+    assert left, "the killed run should have left pooch's temporary file (the case under test)"
+    local_server.stall_after = None
+    assert fetch.locate(entry, download=True, progressbar=False).read_bytes() == PAYLOAD
+    assert sorted(p.name for p in folder.iterdir()) == ["file.bin"]  # no tmp*, no .part
 
 
 def test_interrupted_download_resumes_with_range_request(local_server, cache):
@@ -223,3 +305,25 @@ def test_cli_fetch_list(capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "nsd.betas_session [subject, session]" in out and "clip.ViT-B-32.openai" in out
+
+
+def test_cli_forget_pin(cache, capsys):
+    """The pin-mismatch advice is a command: ``braincorl-lite fetch forget-pin NAME [--subject] [--session]``."""
+    entry = fetch.get_entry("nsd.betas_session", subject=1, session=3)
+    path = entry.path(cache)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"old release")
+    fetch.locate(entry)  # hand-placed: pinned on first use
+    path.write_bytes(b"new release")
+    with pytest.raises(fetch.HashMismatchError) as exc:
+        fetch.locate(entry)
+    advice = "braincorl-lite fetch forget-pin nsd.betas_session --session 3 --subject 1"
+    assert advice in str(exc.value)
+    args = _parser().parse_args(advice.split()[1:] + ["--cache-dir", str(cache)])
+    assert args.func(args) == 0
+    assert entry.pin_key not in fetch.read_pins(cache)
+    assert "forgot the pin" in capsys.readouterr().out
+    assert fetch.locate(entry) == path  # the new file is pinned now
+    args = _parser().parse_args(["fetch", "forget-pin", "nsd.betas_session", "--subject", "1"])
+    assert args.func(args) == 1
+    assert "needs --session" in capsys.readouterr().err

@@ -400,3 +400,63 @@ def test_cli_help_texts():
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(cmd + ["--help"])
         assert exc.value.code == 0
+
+
+# ---------------------------------------------------------------------- refusals and voxel sets
+def test_all_flat_betas_are_refused(tiny_nsd, tmp_path, capsys):
+    """Zero-filled betas make every voxel flat: refuse instead of writing a 0-voxel subject."""
+    write_betas(tiny_nsd.paths["betas1"], np.zeros((750, 5, 7, 6), dtype=np.int16))
+    out = tmp_path / "o.npz"
+    with pytest.raises(NSDFormatError, match=r"all \d+ voxels have constant .*betas_session01.hdf5"):
+        prepare_subject(1, tiny_nsd.features, out, nsd_root=tiny_nsd.root, sessions=[1], verify=False,
+                        progress=False)
+    assert not out.exists()
+    args = _parser().parse_args([
+        "prepare-nsd", "--subject", "1", "--features", str(tiny_nsd.features), "--out", str(out),
+        "--sessions", "1", "--nsd-root", str(tiny_nsd.root), "--no-verify", "--no-progress",
+    ])
+    assert args.func(args) == 1 and not out.exists()
+    assert "constant (flat)" in capsys.readouterr().err
+
+
+def test_non_integer_roi_mask_is_refused(tiny_nsd):
+    general = tiny_nsd.general.astype(np.float32)
+    general[general > 0] = 0.5  # e.g. an interpolated (resampled) mask
+    write_nifti(tiny_nsd.paths["nsdgeneral"], general)
+    with pytest.raises(NSDFormatError, match=r"nsdgeneral.nii.gz: the nsdgeneral ROI volume holds \d+ non-integer"):
+        prepare_subject(1, tiny_nsd.features, nsd_root=tiny_nsd.root, sessions=[1], verify=False, progress=False)
+    write_nifti(tiny_nsd.paths["nsdgeneral"], tiny_nsd.general)
+    places = tiny_nsd.floc["floc-places"].astype(np.float32)
+    places[tiny_nsd.special["ppa"]] = 1.5
+    write_nifti(tiny_nsd.paths["floc-places"], places)
+    with pytest.raises(NSDFormatError, match=r"floc-places.nii.gz: .* non-integer value\(s\) \(e.g. 1.5\)"):
+        prepare_subject(1, tiny_nsd.features, nsd_root=tiny_nsd.root, sessions=[1], verify=False, progress=False)
+
+
+def test_higher_visual_voxel_set(tiny_nsd_shared, prepared, tmp_path):
+    """--voxels higher-visual keeps the nsdgeneral voxels inside a fLoc ROI; the choice is recorded."""
+    tree = tiny_nsd_shared
+    full, _ = prepared
+    out = tmp_path / "hv.npz"
+    args = _parser().parse_args([
+        "prepare-nsd", "--subject", "1", "--features", str(tree.features), "--out", str(out),
+        "--sessions", "1-3", "--nsd-root", str(tree.root), "--no-verify", "--no-progress",
+        "--voxels", "higher-visual",
+    ])
+    assert args.func(args) == 0
+    data = load_subject(out)
+    in_floc = np.logical_or.reduce([v > 0 for v in tree.floc.values()])
+    want = np.argwhere((tree.general > 0) & in_floc)
+    np.testing.assert_array_equal(voxel_ijk(data), want)
+    sp = tree.special
+    assert sp["label_outside_general"] not in [tuple(v) for v in want]  # fLoc label outside nsdgeneral: out
+    assert set(data.roi) == {"FFA", "OFA", "PPA", "EBA", "VWFA", "other"}  # mTL-faces, OWFA are "other"
+    # the same voxels, with the same values, as in the nsdgeneral container
+    cols = [full.meta["voxel_ijk"].index(v) for v in want.tolist()]
+    np.testing.assert_allclose(data.betas, full.betas[:, cols], atol=1e-6)
+    np.testing.assert_allclose(data.noise_ceiling, full.noise_ceiling[cols], atol=1e-6)
+    vs = data.meta["voxel_set"]
+    assert vs["name"] == "higher-visual" and vs["n_voxels"] == len(want) == data.n_voxels
+    assert "floc-faces" in vs["source"] and "nsdgeneral" in vs["source"] and "leomqyu/BraInCoRL" in vs["note"]
+    assert data.meta["n_voxels_nsdgeneral"] == int((tree.general > 0).sum())
+    assert full.meta["voxel_set"]["name"] == "nsdgeneral"
