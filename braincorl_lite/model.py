@@ -16,14 +16,14 @@ Data flow of :class:`BraInCoRL` for one batch of ``B`` voxels::
                             |
             tokens [x' ; y'] (or [x' ; y' ; x' * y'])      (B, K, P + 1)
                             |
-            token_embed: pre-norm residual MLP              (B, K, d)
+            token_embed: residual MLP                       (B, K, d)
                             |
             prepend n_registers learned register tokens     (B, R + K, d)
                             |
-            blocks: pre-LN transformer blocks (self-attention with log(N)-scaled
-                    logits + SwiGLU feed-forward); no positional encoding
+            blocks: pre-LN transformer blocks (self-attention with log(N)
+                    scaling + SwiGLU feed-forward); no positional encoding
                             |
-            register token 0 -> final_norm -> readout MLP   (B, P + 1)
+            register token 0 -> [final_norm] -> readout MLP (B, P + 1)
                             |
             undo the feature transform and the z-scoring    (B, E + 1) = [w ; b]
 
@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import BraInCoRLError, ConfigError
+
 __all__ = [
     "ModelConfig",
     "BraInCoRL",
@@ -66,6 +68,12 @@ __all__ = [
 
 #: the allowed values of :attr:`ModelConfig.token_features`
 TOKEN_FEATURES = ("xy", "concat_xy")
+
+#: the allowed values of :attr:`ModelConfig.block`
+BLOCKS = ("lite", "official")
+
+#: the allowed values of :attr:`ModelConfig.log_n_on`
+LOG_N_TARGETS = ("logits", "query_input")
 
 #: floor on the standard deviation used by ``response_norm`` (a constant support set has std 0)
 RESPONSE_STD_FLOOR = 1e-6
@@ -87,7 +95,25 @@ class ModelConfig:
     """Hyperparameters of :class:`BraInCoRL`.
 
     The defaults are the ``lite`` configuration (small enough to meta-train on a laptop CPU);
-    :meth:`paper` gives the published CLIP configuration.
+    :meth:`paper` gives the published CLIP configuration, layer for layer the architecture of
+    the official code (97,074,852 parameters; :mod:`braincorl_lite.convert` loads its weights).
+
+    How ``lite()`` simplifies the paper, and why:
+
+    - size d = 128, 4 blocks, 4 heads, FFN 256 (paper 560, 20, 10, 2048): meta-trains on a CPU.
+    - ``dropout=0`` (paper 0.5): endless fresh synthetic tasks leave nothing to overfit.
+    - ``block="lite"``: one-hidden-layer GELU MLPs with one LayerNorm (paper: two LayerNorms,
+      LeakyReLU, dropout before each linear) keep the token MLP affine in ``x`` after the norm,
+      which the exact shared-image shortcut needs; a final LayerNorm stands in for the readout
+      block's input norm, and dropout also sits on the feed-forward output.
+    - ``log_n_on="logits"`` (paper: query input): log(N) folds into the attention's scale, one
+      fused projection; the two placements differ only through the query bias.
+    - ``response_norm=True`` (not in the paper): exact equivariance to the response units.
+    - registers start at ``0.02 * randn`` (paper ``randn / sqrt(d + 1)``): initialisation only.
+
+    Both configurations start the readout's last layers at zero (the zero encoder), a training
+    choice of this package; ``token_features="concat_xy"`` and ``n_components`` are opt-in
+    extensions that are off in both.
 
     Attributes
     ----------
@@ -109,7 +135,9 @@ class ModelConfig:
     readout_hidden : int or None
         Hidden width of the readout MLP; ``None`` means ``2 * d_model``.
     dropout : float
-        Dropout probability (token embedding, attention probabilities, residual branches).
+        Dropout probability: inside the token-embedding and readout MLPs, on the input tokens,
+        the attention probabilities and the attention output, and (``block="lite"`` only) on the
+        feed-forward output.
     token_features : {"xy", "concat_xy"}
         ``"xy"``: each token is ``[x_i ; beta_i]``, as published. ``"concat_xy"`` also appends
         ``x_i * beta_i`` so that the product that a least-squares fit needs is exposed directly.
@@ -118,13 +146,24 @@ class ModelConfig:
         scale is restored at the output, which makes the model exactly equivariant to
         ``y -> a * y + c`` (``a > 0``). Not part of the published model.
     log_n_scaling : bool
-        If True, attention logits are multiplied by ``log(N)``, with ``N`` the number of real
-        tokens (registers included) of the sequence, as published. This keeps attention sharp
-        when the model sees more support images than during training.
+        If True, attention is sharpened by ``log(N)``, with ``N`` the number of real tokens
+        (registers included) of the sequence, as published (where, see ``log_n_on``). This
+        keeps attention sharp when the model sees more support images than during training.
     n_components : int or None
         Dimension ``P`` of the optional fixed feature transform (see
         :meth:`BraInCoRL.set_feature_transform`). ``None`` means ``P = E`` (the transform starts
         as the identity).
+    block : {"lite", "official"}
+        ``"lite"``: residual MLPs ``skip(z) + fc2(drop(gelu(fc1(norm(z)))))``, a final LayerNorm
+        before the readout, dropout on the feed-forward output too. ``"official"``: the
+        official code's pre-activation residual block ``skip(z) + fc2(drop(act(norm2(fc1(drop(
+        act(norm1(z))))))))`` with ``act = LeakyReLU(0.1)``, no final LayerNorm (the readout
+        block starts with its own), no dropout on the feed-forward output, and the official
+        register initialisation. Older checkpoints have no such key and are ``"lite"``.
+    log_n_on : {"logits", "query_input"}
+        Where ``log(N)`` acts when ``log_n_scaling`` is on. ``"logits"``: it multiplies the
+        logits ``q . k``. ``"query_input"``: it multiplies the (normalised) tokens before the
+        query projection, as in the official code, so the query bias is not scaled.
     """
 
     n_features: int = 512
@@ -140,6 +179,8 @@ class ModelConfig:
     response_norm: bool = True
     log_n_scaling: bool = True
     n_components: Optional[int] = None
+    block: str = "lite"
+    log_n_on: str = "logits"
 
     def __post_init__(self):
         sizes = ["n_features", "d_model", "n_layers", "n_heads", "ffn_hidden", "n_registers"]
@@ -149,23 +190,25 @@ class ModelConfig:
             if value is None and name in optional_sizes:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
             setattr(self, name, int(value))  # plain int, so that to_dict() is JSON-ready
         self.dropout = float(self.dropout)
         self.response_norm = bool(self.response_norm)
         self.log_n_scaling = bool(self.log_n_scaling)
         if self.d_model % self.n_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.token_features not in TOKEN_FEATURES:
-            raise ValueError(
-                f"token_features must be one of {TOKEN_FEATURES}, got {self.token_features!r}"
-            )
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name, allowed in (("token_features", TOKEN_FEATURES), ("block", BLOCKS),
+                              ("log_n_on", LOG_N_TARGETS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.n_components is not None and self.n_components > self.n_features:
-            raise ValueError(
+            raise ConfigError(
                 f"n_components ({self.n_components}) cannot exceed n_features "
                 f"({self.n_features})"
             )
@@ -198,11 +241,12 @@ class ModelConfig:
 
     @classmethod
     def paper(cls, **overrides) -> "ModelConfig":
-        """The published CLIP configuration (about 97M parameters).
+        """The published CLIP configuration: the official architecture, 97,074,852 parameters.
 
-        E = 512, d = 560, 20 blocks, 10 heads, SwiGLU hidden 2048, 4 registers, token and readout
-        MLPs of hidden width 2 d = 1120, dropout 0.5, plain ``[x ; beta]`` tokens, no response
-        normalisation, log(N) attention scaling. Keyword arguments override single fields.
+        E = 512, d = 560, 20 blocks, 10 heads, SwiGLU hidden 2048, 4 registers, official
+        residual blocks of hidden width 2 d = 1120 for the token MLP and the readout, dropout
+        0.5, plain ``[x ; beta]`` tokens, no response normalisation, log(N) on the attention's
+        query input. Keyword arguments override single fields.
         """
         values = dict(
             n_features=512,
@@ -218,6 +262,8 @@ class ModelConfig:
             response_norm=False,
             log_n_scaling=True,
             n_components=None,
+            block="official",
+            log_n_on="query_input",
         )
         values.update(overrides)
         return cls(**values)
@@ -229,11 +275,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults.
+
+        The defaults of keys added after version 0.1 (``block``, ``log_n_on``) are the behaviour
+        of the models saved before them.
+        """
+        if not isinstance(values, dict):
+            raise ConfigError(f"a ModelConfig must be given as a dict, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown ModelConfig field(s): {unknown}")
+            raise ConfigError(f"unknown ModelConfig field(s): {unknown}")
         return cls(**values)
 
 
@@ -272,6 +324,30 @@ class ResidualMLP(nn.Module):
         return self.skip(z) + self.fc2(self.drop(self.act(self.fc1(self.norm(z)))))
 
 
+class OfficialResidualMLP(nn.Module):
+    """The official code's residual block (pre-activation, LayerNorm instead of BatchNorm).
+
+    ``skip(z) + fc2(drop(act(hidden_norm(fc1(drop(act(norm(z))))))))`` with
+    ``act = LeakyReLU(0.1)``: both linear layers see a normalised, activated, dropped-out input.
+    ``skip`` is a linear bypass when the widths differ, else the identity.
+    """
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_in)
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.hidden_norm = nn.LayerNorm(d_hidden)
+        self.fc2 = nn.Linear(d_hidden, d_out)
+        self.act = nn.LeakyReLU(0.1)
+        self.drop = nn.Dropout(dropout)
+        self.skip = nn.Linear(d_in, d_out) if d_in != d_out else nn.Identity()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(self.drop(self.act(self.norm(z))))
+        h = self.fc2(self.drop(self.act(self.hidden_norm(h))))
+        return self.skip(z) + h
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward network: ``down(silu(gate(z)) * up(z))``.
 
@@ -289,7 +365,10 @@ class SwiGLU(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with an externally supplied logit scale and key mask.
+    """Multi-head self-attention with externally supplied scales and key mask.
+
+    The projections are one fused linear layer ``qkv`` (rows: queries, keys, values; heads
+    contiguous within each), the layout of ``torch.nn.MultiheadAttention``'s ``in_proj``.
 
     Parameters
     ----------
@@ -306,7 +385,8 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, z, key_mask=None, scale=None, return_attention=False, first_only=False):
+    def forward(self, z, key_mask=None, scale=None, return_attention=False, first_only=False,
+                query_scale=None):
         """Attend.
 
         Parameters
@@ -321,13 +401,18 @@ class SelfAttention(nn.Module):
         first_only : bool
             Compute the output of token 0 only (shape (B, 1, d)): its query attends to every
             token, the other queries are skipped.
+        query_scale : float or Tensor of shape (B, 1, 1), optional
+            Multiplier of the tokens that enter the query projection (not the keys or values).
         """
         B, N, d = z.shape
         h, hd = self.n_heads, d // self.n_heads
-        if first_only:
-            q = F.linear(z[:, :1], self.qkv.weight[:d], self.qkv.bias[:d]).view(B, 1, h, hd).transpose(1, 2)
+        if first_only or query_scale is not None:  # queries from their own input
+            zq = z[:, :1] if first_only else z
+            if query_scale is not None:
+                zq = zq * (query_scale.to(z.dtype) if torch.is_tensor(query_scale) else query_scale)
+            q = F.linear(zq, self.qkv.weight[:d], self.qkv.bias[:d]).view(B, -1, h, hd).transpose(1, 2)
             k, v = F.linear(z, self.qkv.weight[d:], self.qkv.bias[d:]).view(B, N, 2, h, hd).permute(2, 0, 3, 1, 4)
-            N = 1
+            N = q.shape[2]
         else:
             q, k, v = self.qkv(z).view(B, N, 3, h, hd).permute(2, 0, 3, 1, 4)
         if scale is None:
@@ -352,21 +437,30 @@ class SelfAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm transformer block: ``z + attn(norm(z))``, then ``z + ffn(norm(z))``."""
+    """Pre-LayerNorm transformer block: ``z + drop(attn(norm(z)))``, then ``z + ffn(norm(z))``.
 
-    def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, dropout: float = 0.0):
+    ``ffn_dropout`` also applies dropout to the feed-forward output (the lite block; the
+    official block has none there).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, dropout: float = 0.0,
+                 ffn_dropout: bool = True):
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
         self.attn = SelfAttention(d_model, n_heads, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
         self.ffn = SwiGLU(d_model, ffn_hidden)
         self.drop = nn.Dropout(dropout)
+        self.ffn_dropout = ffn_dropout
 
-    def forward(self, z, key_mask=None, scale=None, return_attention=False, first_only=False):
+    def forward(self, z, key_mask=None, scale=None, return_attention=False, first_only=False,
+                query_scale=None):
         """``first_only`` returns token 0 only, shape (B, 1, d) (see :class:`SelfAttention`)."""
-        update, probs = self.attn(self.attn_norm(z), key_mask, scale, return_attention, first_only)
+        update, probs = self.attn(self.attn_norm(z), key_mask, scale, return_attention,
+                                  first_only, query_scale)
         z = (z[:, :1] if first_only else z) + self.drop(update)
-        z = z + self.drop(self.ffn(self.ffn_norm(z)))
+        ffn = self.ffn(self.ffn_norm(z))
+        z = z + (self.drop(ffn) if self.ffn_dropout else ffn)
         return z, probs
 
 
@@ -416,20 +510,33 @@ class BraInCoRL(nn.Module):
         self._identity_transform = P == E
         self.register_load_state_dict_post_hook(_refresh_identity_flag)
 
-        self.token_embed = ResidualMLP(config.token_dim, config.token_hidden or 2 * d, d,
-                                       config.dropout)
+        official = config.block == "official"
+        token_hidden = config.token_hidden or 2 * d
+        readout_hidden = config.readout_hidden or 2 * d
+        if official:
+            self.token_embed = OfficialResidualMLP(config.token_dim, token_hidden, d,
+                                                   config.dropout)
+        else:
+            self.token_embed = ResidualMLP(config.token_dim, token_hidden, d, config.dropout)
         #: use exact shortcuts (token embedding computed once per shared support image, last
         #: block for register 0 only); False runs the plain computation, for checks and benchmarks
         self.fast_paths = True
-        self.registers = nn.Parameter(torch.randn(config.n_registers, d) * 0.02)
+        if official:
+            self.registers = nn.Parameter(torch.randn(config.n_registers, d) / math.sqrt(d + 1))
+        else:
+            self.registers = nn.Parameter(torch.randn(config.n_registers, d) * 0.02)
         self.embed_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(d, config.n_heads, config.ffn_hidden, config.dropout)
+            TransformerBlock(d, config.n_heads, config.ffn_hidden, config.dropout,
+                             ffn_dropout=not official)
             for _ in range(config.n_layers)
         )
-        self.final_norm = nn.LayerNorm(d)
-        self.readout = ResidualMLP(d, config.readout_hidden or 2 * d, P + 1, config.dropout,
-                                   pre_norm=False)
+        if official:  # the readout block normalises its own input
+            self.final_norm = nn.Identity()
+            self.readout = OfficialResidualMLP(d, readout_hidden, P + 1, config.dropout)
+        else:
+            self.final_norm = nn.LayerNorm(d)
+            self.readout = ResidualMLP(d, readout_hidden, P + 1, config.dropout, pre_norm=False)
         # start from the zero encoder (predict the support mean when response_norm is on):
         # the first loss is then the response variance, and training is stable from step one
         for layer in (self.readout.fc2, self.readout.skip):
@@ -447,8 +554,9 @@ class BraInCoRL(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
+        log_n = f"log_n_on={c.log_n_on!r}" if c.log_n_scaling else "log_n_scaling=False"
         return (f"E={c.n_features}, P={c.feature_dim}, tokens={c.token_features!r}, "
-                f"response_norm={c.response_norm}, log_n_scaling={c.log_n_scaling}")
+                f"block={c.block!r}, response_norm={c.response_norm}, {log_n}")
 
     # feature transform ---------------------------------------------------------------------
     @torch.no_grad()
@@ -533,7 +641,7 @@ class BraInCoRL(nn.Module):
 
         # 2. tokens [x' ; y'] (and x' * y'), embedded to width d
         x = self._transform_features(support_x)
-        if x.dim() == 2 and self.fast_paths and isinstance(self.token_embed.skip, nn.Linear):
+        if x.dim() == 2 and self.fast_paths and self._can_embed_shared_images():
             tokens = self._embed_shared_images(x, support_y)
         else:
             if x.dim() == 2:
@@ -550,14 +658,14 @@ class BraInCoRL(nn.Module):
         key_mask = None
         if mask is not None:
             key_mask = torch.cat([mask.new_ones(B, cfg.n_registers), mask], dim=1)
-        scale = self._logit_scale(K, mask)
+        scale, query_scale = self._attention_scales(K, mask)
 
         attention = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             # only register 0 is read out: the last block needs its output alone (exact)
             first_only = i == last and self.fast_paths and not return_attention
-            z, probs = block(z, key_mask, scale, return_attention, first_only)
+            z, probs = block(z, key_mask, scale, return_attention, first_only, query_scale)
             attention.append(probs)
 
         # 4. read out register 0, then map back to the original feature and response units
@@ -571,6 +679,12 @@ class BraInCoRL(nn.Module):
             b = b * y_std + y_mean
         hyperweights = torch.cat([w, b[:, None]], dim=1)
         return (hyperweights, attention) if return_attention else hyperweights
+
+    def _can_embed_shared_images(self) -> bool:
+        """The shortcut needs the lite MLP (affine in ``x`` after the norm) with a linear skip."""
+        return (type(self.token_embed) is ResidualMLP
+                and isinstance(self.token_embed.norm, nn.LayerNorm)
+                and isinstance(self.token_embed.skip, nn.Linear))
 
     def _embed_shared_images(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Token embedding when all voxels share the support images ``x`` (K, P); ``y`` is (B, K).
@@ -616,16 +730,25 @@ class BraInCoRL(nn.Module):
             skip = skip + y3 * (x @ Sxy.T)
         return out + skip
 
-    def _logit_scale(self, K: int, mask: Optional[torch.Tensor]):
-        """``log(N) / sqrt(head_dim)`` (a float, or one value per sequence with a mask)."""
-        base = 1.0 / math.sqrt(self.config.head_dim)
-        if not self.config.log_n_scaling:
-            return base
-        R = self.config.n_registers
+    def _attention_scales(self, K: int, mask: Optional[torch.Tensor]):
+        """Multipliers ``(of the logits, of the query input)`` that implement log(N) scaling.
+
+        ``N`` counts the real tokens of each sequence, registers included. The logit multiplier
+        includes ``1 / sqrt(head_dim)``; the query-input one is ``None`` when unused. Each is a
+        float, or one value per sequence when a mask makes ``N`` differ between sequences.
+        """
+        cfg = self.config
+        base = 1.0 / math.sqrt(cfg.head_dim)
+        if not cfg.log_n_scaling:
+            return base, None
+        R = cfg.n_registers
         if mask is None:
-            return math.log(R + K) * base
-        n_real = (mask.sum(dim=1) + R).to(torch.float32)
-        return (torch.log(n_real) * base).view(-1, 1, 1, 1)
+            log_n = math.log(R + K)
+        else:
+            log_n = torch.log((mask.sum(dim=1) + R).to(torch.float32))
+        if cfg.log_n_on == "query_input":
+            return base, (log_n if mask is None else log_n.view(-1, 1, 1))
+        return (log_n * base if mask is None else (log_n * base).view(-1, 1, 1, 1)), None
 
     def _check_inputs(self, support_x, support_y, mask):
         E = self.config.n_features
@@ -833,7 +956,7 @@ def pca_feature_transform(features: ArrayLike, n_components: Optional[int] = Non
 # --------------------------------------------------------------------------------------------
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BraInCoRLError, ValueError):
     """A checkpoint is missing, corrupted, or does not match its configuration."""
 
 
@@ -946,53 +1069,50 @@ def load_checkpoint(path: Union[str, Path],
     Raises
     ------
     CheckpointError (a ValueError)
-        If the sidecar or tensor file is missing or unreadable, the tensor file does not match
-        the recorded SHA-256 (corrupted or truncated), or the tensors do not match the
-        configuration (missing, unexpected or differently shaped tensors).
+        If the tensor file or its sidecar is missing or unreadable, the sidecar lacks or has
+        an invalid entry (format, version, SHA-256, configuration, metadata), the tensor file
+        does not match the recorded SHA-256 (corrupted or truncated), the tensors do not match
+        the configuration (missing, unexpected or differently shaped tensors), or a tensor is
+        not float32 or holds NaN or inf.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     side = sidecar_path(path)
+    if path.suffix == ".json" and path.is_file():
+        raise CheckpointError(
+            f"{path} is a checkpoint sidecar; pass the tensor file next to it (conventionally "
+            f"{path.with_suffix('.safetensors').name})"
+        )
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a tensor file")
+    if not path.is_file():
+        hint = f" (its sidecar {side.name} exists, the tensor file does not)" if side.is_file() else ""
+        raise CheckpointError(f"checkpoint {path} not found{hint}")
     if not side.is_file():
         raise CheckpointError(
             f"checkpoint sidecar {side} not found: a checkpoint is a tensor file plus a JSON "
             f"sidecar with the same stem (written by save_checkpoint)"
         )
-    try:
-        sidecar = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint sidecar {side} is not valid JSON: {err}") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{side} is not a {CHECKPOINT_FORMAT} sidecar")
-    if sidecar.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{side} has format_version {sidecar.get('format_version')!r}; this version of the "
-            f"package reads version {CHECKPOINT_VERSION}"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint tensor file {path} not found")
+    sidecar, config = _read_sidecar(side)
 
     actual = _sha256(path)
-    if actual != sidecar.get("sha256"):
+    if actual != sidecar["sha256"]:
         raise CheckpointError(
             f"checkpoint tensor file {path} is corrupted or was modified: its SHA-256 is "
-            f"{actual}, the sidecar records {sidecar.get('sha256')}"
+            f"{actual}, the sidecar records {sidecar['sha256']}"
         )
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint tensor file {path} could not be read: {err}") from None
 
-    try:
-        config = ModelConfig.from_dict(sidecar["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"invalid model configuration in {side}: {err}") from None
     with torch.device("meta"):
         model = BraInCoRL(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     _check_tensors(expected, {name: tuple(t.shape) for name, t in tensors.items()}, path, side)
+    _check_values(tensors, path)
 
     # fresh (64-byte aligned) storage: tensors read from the file may sit at any offset, and
     # some CPU kernels round differently on unaligned memory; aligned copies keep a loaded
@@ -1001,6 +1121,69 @@ def load_checkpoint(path: Union[str, Path],
     model.load_state_dict(tensors, strict=True, assign=True)
     model = model.to(device if device is not None else "cpu")
     return model.eval(), sidecar.get("metadata", {})
+
+
+def _read_sidecar(side: Path) -> tuple[dict, ModelConfig]:
+    """Parse and validate a sidecar; every problem is a :class:`CheckpointError` naming it."""
+    try:
+        sidecar = json.loads(side.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint sidecar {side} is not valid JSON: {err}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"checkpoint sidecar {side} is not a text file (not UTF-8)") from None
+    except OSError as err:
+        raise CheckpointError(f"checkpoint sidecar {side} could not be read: {err}") from None
+    if not isinstance(sidecar, dict):
+        raise CheckpointError(
+            f"checkpoint sidecar {side} holds a JSON {type(sidecar).__name__}, not an object "
+            f"with the {CHECKPOINT_FORMAT} entries"
+        )
+    if "format" not in sidecar:
+        raise CheckpointError(f"checkpoint sidecar {side} has no 'format' entry: it is not a "
+                              f"{CHECKPOINT_FORMAT} sidecar")
+    if sidecar["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint sidecar {side} has format {sidecar['format']!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r}")
+    if sidecar.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{side} has format_version {sidecar.get('format_version')!r}; this version of the "
+            f"package reads version {CHECKPOINT_VERSION}"
+        )
+    digest = sidecar.get("sha256")
+    if not (isinstance(digest, str) and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)):
+        raise CheckpointError(
+            f"checkpoint sidecar {side} has no valid 'sha256' entry (64 lowercase hex digits), "
+            f"got {digest!r}"
+        )
+    if "config" not in sidecar:
+        raise CheckpointError(f"checkpoint sidecar {side} has no 'config' entry")
+    if not isinstance(sidecar["config"], dict):
+        raise CheckpointError(f"the 'config' entry of {side} must be a JSON object, got "
+                              f"{type(sidecar['config']).__name__}")
+    try:
+        config = ModelConfig.from_dict(sidecar["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"invalid model configuration in {side}: {err}") from None
+    if not isinstance(sidecar.get("metadata", {}), dict):
+        raise CheckpointError(f"the 'metadata' entry of {side} must be a JSON object, got "
+                              f"{type(sidecar['metadata']).__name__}")
+    return sidecar, config
+
+
+def _check_values(tensors: dict, path: Path) -> None:
+    """Refuse tensors that are not float32 or hold NaN or inf (they would fail much later)."""
+    problems = []
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype != torch.float32:
+            problems.append(f"tensor {name!r} has dtype {str(t.dtype).replace('torch.', '')}, "
+                            f"expected float32")
+        elif not torch.isfinite(t).all():
+            n_bad = int((~torch.isfinite(t)).sum())
+            problems.append(f"tensor {name!r} has {n_bad} NaN or infinite value(s)")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} cannot be used: " + "; ".join(problems))
 
 
 def _check_tensors(expected: dict, found: dict, path: Path, side: Path) -> None:

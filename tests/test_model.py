@@ -68,11 +68,94 @@ def test_config_round_trip_and_validation():
 
 
 def test_paper_config_parameter_count():
-    with torch.device("meta"):
-        model = BraInCoRL(ModelConfig.paper())
-    n = model.n_parameters()
-    # published: ~97M parameters
-    assert 96.5e6 < n < 97.5e6, n
+    from braincorl_lite.train import count_parameters
+
+    # the official CLIP model (scripts/model.py of the BraInCoRL code) has exactly this many
+    assert count_parameters(ModelConfig.paper()) == 97_074_852
+    cfg = ModelConfig.paper()
+    assert (cfg.block, cfg.log_n_on, cfg.dropout, cfg.response_norm) == (
+        "official", "query_input", 0.5, False)
+
+
+def test_old_config_dicts_keep_the_lite_architecture():
+    """Sidecars written before ``block`` / ``log_n_on`` existed load as the lite model."""
+    old = tiny_config().to_dict()
+    del old["block"], old["log_n_on"]
+    cfg = ModelConfig.from_dict(old)
+    assert (cfg.block, cfg.log_n_on) == ("lite", "logits")
+    assert ModelConfig.lite().block == "lite"
+    with pytest.raises(ValueError, match="block"):
+        tiny_config(block="paper")
+    with pytest.raises(ValueError, match="log_n_on"):
+        tiny_config(log_n_on="keys")
+    from braincorl_lite.errors import BraInCoRLError
+
+    with pytest.raises(BraInCoRLError):
+        tiny_config(d_model=30)
+
+
+#: tensor names of a 1-block lite model, as written by every checkpoint before the official
+#: block existed; they must never change
+LITE_TENSOR_NAMES = [
+    "registers", "feature_mean", "feature_proj",
+    "token_embed.norm.weight", "token_embed.norm.bias", "token_embed.fc1.weight",
+    "token_embed.fc1.bias", "token_embed.fc2.weight", "token_embed.fc2.bias",
+    "token_embed.skip.weight", "token_embed.skip.bias",
+    "blocks.0.attn_norm.weight", "blocks.0.attn_norm.bias", "blocks.0.attn.qkv.weight",
+    "blocks.0.attn.qkv.bias", "blocks.0.attn.out.weight", "blocks.0.attn.out.bias",
+    "blocks.0.ffn_norm.weight", "blocks.0.ffn_norm.bias", "blocks.0.ffn.gate_up.weight",
+    "blocks.0.ffn.gate_up.bias", "blocks.0.ffn.down.weight", "blocks.0.ffn.down.bias",
+    "final_norm.weight", "final_norm.bias",
+    "readout.fc1.weight", "readout.fc1.bias", "readout.fc2.weight", "readout.fc2.bias",
+    "readout.skip.weight", "readout.skip.bias",
+]
+
+
+def test_lite_tensor_names_are_unchanged():
+    assert list(BraInCoRL(tiny_config(n_layers=1)).state_dict()) == LITE_TENSOR_NAMES
+
+
+#: SHA-256 of the shipped checkpoint the reference outputs below were recorded with
+SHIPPED_SHA256 = "868d4713e0cf0464647e45c5a6aa76675a227c7e097301184f782523c8f33d44"
+
+
+def test_shipped_checkpoint_outputs_are_unchanged():
+    """Encoders of the shipped lite model, recorded before the official block was added."""
+    from pathlib import Path
+
+    import braincorl_lite
+
+    path = Path(braincorl_lite.__file__).parent / "checkpoints" / "simnsd_lite.safetensors"
+    info = json.loads(sidecar_path(path).read_text())
+    if info["sha256"] != SHIPPED_SHA256:
+        pytest.skip("the shipped checkpoint was replaced; its reference outputs no longer apply")
+    model, _ = load_checkpoint(path)
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(60, 512, generator=g), dim=-1)
+    y = torch.randn(5, 60, generator=g)
+    mask = torch.rand(5, 60, generator=g) > 0.3
+    expected = {
+        False: ([-0.0015183556824922562, 0.02320980280637741, -0.10643979907035828,
+                 0.02037033811211586, -0.21285027265548706],
+                [0.012665659189224243, -0.08642201870679855, -0.05597063899040222,
+                 0.11398380994796753],
+                [2.183384418487549, 1.593874454498291, 2.007888078689575, 3.0401878356933594,
+                 3.1622188091278076]),
+        True: ([-0.10211572051048279, 0.03805185854434967, -0.2112484872341156,
+                -0.026762552559375763, -0.12668243050575256],
+               [0.024470722302794456, -0.09981880336999893, -0.06024477630853653,
+                0.1191326379776001],
+               [2.1920104026794434, 2.3855998516082764, 2.2628650665283203, 3.5692031383514404,
+                2.902000904083252]),
+    }
+    with torch.no_grad():
+        for masked, (bias, w0, norms) in expected.items():
+            for fast in (True, False):
+                model.fast_paths = fast
+                hw = model(x, y, mask if masked else None)
+                got = (hw[:, -1], hw[0, :4], hw[:, :-1].norm(dim=1))
+                for g_, e in zip(got, (bias, w0, norms)):
+                    torch.testing.assert_close(g_, torch.tensor(e), atol=2e-5, rtol=2e-5)
 
 
 def test_lite_config_is_small():
@@ -205,6 +288,108 @@ def test_log_n_scaling_switch_changes_output():
     on = tiny_model(log_n_scaling=True)(x, y)
     off = tiny_model(log_n_scaling=False)(x, y)
     assert (on - off).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# the official architecture (block="official", log(N) on the query input)
+# ------------------------------------------------------------------------------------------
+
+
+def official_model(seed=0, **overrides):
+    """A tiny model with the architecture of ModelConfig.paper()."""
+    values = dict(block="official", log_n_on="query_input", response_norm=False)
+    values.update(overrides)
+    return tiny_model(seed, **values)
+
+
+def test_official_block_layers():
+    model = official_model(n_layers=2)
+    names = list(model.state_dict())
+    assert "final_norm.weight" not in names
+    for mlp in ("token_embed", "readout"):
+        for layer in ("norm", "fc1", "hidden_norm", "fc2", "skip"):
+            assert f"{mlp}.{layer}.weight" in names and f"{mlp}.{layer}.bias" in names
+    assert all(not block.ffn_dropout for block in model.blocks)
+    assert all(block.ffn_dropout for block in tiny_model().blocks)
+
+
+@pytest.mark.parametrize("log_n_on", ["query_input", "logits"])
+def test_official_forward_backward_and_permutation_invariance(log_n_on):
+    model = official_model(log_n_on=log_n_on)
+    x, y = episode(B=4, K=25, shared=False)
+    hw = model(x, y)
+    assert hw.shape == (4, E + 1) and torch.isfinite(hw).all()
+    perm = torch.randperm(25, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(model(x[:, perm], y[:, perm]), hw, atol=ATOL, rtol=1e-4)
+    assert (hw[0] - hw[1]).abs().max() > 1e-3
+
+    model.train()
+    model(x, y).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("shared", [True, False])
+def test_official_shortcuts_are_exact(masked, shared):
+    """The register-0-only last block also holds with log(N) on the query input; the
+    shared-image shortcut does not apply to the official MLP and falls back to the plain path."""
+    model = official_model(n_layers=3)
+    x, y = episode(B=6, K=15, shared=shared)
+    mask = torch.rand(6, 15, generator=torch.Generator().manual_seed(3)) > 0.3 if masked else None
+    assert not model._can_embed_shared_images()
+    model.fast_paths = True
+    fast = model(x, y, mask)
+    model.fast_paths = False
+    plain = model(x, y, mask)
+    torch.testing.assert_close(fast, plain, atol=ATOL, rtol=1e-5)
+    hw, attention = model(x, y, mask, return_attention=True)
+    torch.testing.assert_close(hw, plain, atol=ATOL, rtol=1e-5)
+    assert len(attention) == 3
+
+
+def test_official_shortcuts_keep_training_gradients():
+    model = official_model(n_layers=2).train()  # dropout 0: both passes see the same network
+    x, y = episode(B=4, K=10)
+    grads = {}
+    for fast in (True, False):
+        model.zero_grad()
+        model.fast_paths = fast
+        model(x, y).square().sum().backward()
+        grads[fast] = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_official_padding_mask_matches_unpadded():
+    model = official_model()
+    g = torch.Generator().manual_seed(5)
+    sizes = [7, 15, 1, 10]
+    K = max(sizes) + 3
+    x = torch.nn.functional.normalize(torch.randn(len(sizes), K, E, generator=g), dim=-1)
+    y = torch.randn(len(sizes), K, generator=g)
+    mask = torch.zeros(len(sizes), K, dtype=torch.bool)
+    for i, k in enumerate(sizes):
+        mask[i, :k] = True
+    x_pad, y_pad = x.clone(), y.clone()
+    y_pad[~mask] = float("nan")
+    hw = model(x_pad, y_pad, mask=mask)
+    for i, k in enumerate(sizes):
+        alone = model(x[i : i + 1, :k], y[i : i + 1, :k])
+        torch.testing.assert_close(hw[i : i + 1], alone, atol=ATOL, rtol=1e-4)
+
+
+def test_log_n_on_query_input_differs_from_logits_only_through_the_query_bias():
+    x, y = episode(B=3, K=30)
+    on_query = official_model(log_n_on="query_input")
+    on_logits = official_model(log_n_on="logits")
+    assert (on_query(x, y) - on_logits(x, y)).abs().max() > 1e-4
+    d = on_query.config.d_model
+    with torch.no_grad():
+        for model in (on_query, on_logits):
+            for block in model.blocks:
+                block.attn.qkv.bias[:d] = 0.0
+    # log(N) * (W z) == (W (log(N) z)) without a bias: the two placements then agree
+    torch.testing.assert_close(on_query(x, y), on_logits(x, y), atol=ATOL, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------
@@ -353,8 +538,9 @@ def test_bad_shapes_are_rejected():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu():
-    model = tiny_model()
+@pytest.mark.parametrize("block", ["lite", "official"])
+def test_cuda_matches_cpu(block):
+    model = tiny_model() if block == "lite" else official_model()
     x, y = episode(B=6, K=50)
     mask = torch.ones(6, 50, dtype=torch.bool)
     mask[2, 20:] = False
@@ -459,6 +645,86 @@ def test_checkpoint_rejects_missing_sidecar(saved):
     _, path = saved
     sidecar_path(path).unlink()
     with pytest.raises(ValueError, match="sidecar"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_error_is_a_user_error():
+    from braincorl_lite.errors import BraInCoRLError
+
+    assert issubclass(CheckpointError, BraInCoRLError) and issubclass(CheckpointError, ValueError)
+
+
+def test_checkpoint_missing_tensor_file_is_a_missing_checkpoint(saved, tmp_path):
+    _, path = saved
+    # neither file: a wrong path, reported as a missing checkpoint, not a missing sidecar
+    nowhere = tmp_path / "nowhere.safetensors"
+    with pytest.raises(CheckpointError, match="not found") as err:
+        load_checkpoint(nowhere)
+    assert str(err.value) == f"checkpoint {nowhere} not found"
+    # the sidecar alone
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"checkpoint .*tiny\.safetensors not found \(its "
+                                              r"sidecar tiny\.json exists"):
+        load_checkpoint(path)
+    # the sidecar given instead of the tensor file
+    with pytest.raises(CheckpointError, match="is a checkpoint sidecar; pass the tensor file"):
+        load_checkpoint(sidecar_path(path))
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
+
+
+def _edit_sidecar(path, edit):
+    side = sidecar_path(path)
+    info = json.loads(side.read_text())
+    side.write_text(edit(info))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda info: "{not json", r"is not valid JSON: Expecting property name .*line 1 column 2"),
+    (lambda info: json.dumps([info]), r"holds a JSON list, not an object"),
+    (lambda info: json.dumps({k: v for k, v in info.items() if k != "format"}),
+     r"has no 'format' entry"),
+    (lambda info: json.dumps({**info, "format": "other"}),
+     r"has format 'other', expected 'braincorl_lite\.checkpoint'"),
+    (lambda info: json.dumps({**info, "format_version": 7}), r"has format_version 7"),
+    (lambda info: json.dumps({k: v for k, v in info.items() if k != "sha256"}),
+     r"has no valid 'sha256' entry .* got None"),
+    (lambda info: json.dumps({k: v for k, v in info.items() if k != "config"}),
+     r"has no 'config' entry"),
+    (lambda info: json.dumps({**info, "config": [1, 2]}),
+     r"the 'config' entry of .* must be a JSON object, got list"),
+    (lambda info: json.dumps({**info, "config": {**info["config"], "n_blocks": 3}}),
+     r"invalid model configuration in .*unknown ModelConfig field\(s\): \['n_blocks'\]"),
+    (lambda info: json.dumps({**info, "config": {**info["config"], "n_heads": 5}}),
+     r"invalid model configuration in .*d_model \(32\) must be divisible by n_heads \(5\)"),
+    (lambda info: json.dumps({**info, "metadata": "notes"}),
+     r"the 'metadata' entry of .* must be a JSON object, got str"),
+])
+def test_checkpoint_sidecar_problems_are_named(saved, edit, message):
+    _, path = saved
+    _edit_sidecar(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_checkpoint_rejects_tensors_that_are_not_float32(tmp_path, dtype):
+    path = tmp_path / "wide.safetensors"
+    save_checkpoint(tiny_model().to(dtype), path)
+    name = str(dtype).replace("torch.", "")
+    with pytest.raises(CheckpointError, match=rf"tensor 'blocks\.0\.attn\.out\.bias' has dtype "
+                                              rf"{name}, expected float32"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_rejects_non_finite_tensors(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.blocks[1].ffn.down.weight[0, :3] = torch.tensor([float("nan"), float("inf"), 1.0])
+    path = tmp_path / "nan.safetensors"
+    save_checkpoint(model, path)
+    with pytest.raises(CheckpointError,
+                       match=r"tensor 'blocks\.1\.ffn\.down\.weight' has 2 NaN or infinite"):
         load_checkpoint(path)
 
 
