@@ -34,7 +34,10 @@ __all__ = [
 #: colour, label and line style of each method, the same in every chapter
 METHOD_STYLE = {
     "braincorl": dict(color="#d62728", label="BraInCoRL-lite", marker="o"),
+    "braincorl_truth": dict(color="#ff9896", label="BraInCoRL-lite, truth-supervised (ablation)", marker="o",
+                            linestyle="--"),
     "ridge": dict(color="#1f77b4", label="ridge (CV)", marker="s"),
+    "ridge_paper": dict(color="#17becf", label="ridge (paper protocol)", marker="s", linestyle="--"),
     "oracle": dict(color="#2ca02c", label="Bayes oracle", marker="^"),
     "fully_trained": dict(color="0.2", label="fully trained", linestyle=":"),
     "anatomical": dict(color="#9467bd", label="anatomical average", linestyle="--"),
@@ -114,11 +117,11 @@ def plot_ev_vs_k(table, methods: Optional[Sequence[str]] = None, roi: str = "all
         if (hi - lo).max() > 0:
             ax.fill_between(mean.index, lo.values, hi.values, color=style["color"], alpha=0.15, lw=0)
     if paper and roi == "all":
-        for curve, m in ((PAPER_BRAINCORL, "braincorl"), (PAPER_RIDGE, "ridge")):
+        for curve, m, name in ((PAPER_BRAINCORL, "braincorl", "BraInCoRL"), (PAPER_RIDGE, "ridge", "ridge")):
             if m in methods:
                 k = sorted(curve)
-                ax.plot(k, [curve[x] for x in k], color=METHOD_STYLE[m]["color"], lw=1, ls="--", alpha=0.7,
-                        marker=".", label=f"paper: {METHOD_STYLE[m]['label'].split(' ')[0]} (NSD subj. 1)")
+                ax.plot(k, [curve[x] for x in k], color=METHOD_STYLE[m]["color"], lw=1, ls=":", alpha=0.7,
+                        marker=".", label=f"paper: {name} (NSD subj. 1, published)")
     ax.set_xscale("log")
     if ks:
         ax.set_xticks(ks)

@@ -36,7 +36,9 @@ def test_plot_ev_vs_k_draws_means_and_paper_curves(tiny):
     ax = plot_ev_vs_k(pd.DataFrame(rows), data=tiny)
     lines = {l.get_label(): l for l in ax.get_lines()}
     np.testing.assert_allclose(lines["BraInCoRL-lite"].get_ydata(), [0.105, 0.155])
-    assert "paper: BraInCoRL-lite (NSD subj. 1)" in lines and "paper: ridge (NSD subj. 1)" in lines
+    # the published curves are the paper's model, never this repository's
+    assert "paper: BraInCoRL (NSD subj. 1, published)" in lines and "paper: ridge (NSD subj. 1, published)" in lines
+    assert not any(l.startswith("paper:") and "lite" in l for l in lines)
     assert "fully trained (300 images)" in lines
     assert "SimNSD (simulated data, not NSD)" in _texts(ax.figure)
     plt.close("all")
