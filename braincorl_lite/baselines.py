@@ -3,6 +3,9 @@
 * :func:`fit_ridge` — voxelwise ridge regression on the same K support images, with the penalty
   chosen per voxel by cross-validation (himalaya). With all of a subject's unique images this is
   the "fully trained" encoder (:func:`fully_trained`).
+* :func:`fit_ridge_paper` — the official BraInCoRL ridge baseline, reproduced: intercept penalised
+  with the weights, 5 sequential folds, best penalty per voxel by mean fold EV, and the average of
+  the fold models as the encoder (no refit).
 * :func:`anatomical_average` — zero-shot: average the encoders of training subjects at the same
   or neighbouring fsaverage vertices.
 * :func:`bayes_oracle` — SimNSD only: the exact posterior mean of a voxel's weights given its
@@ -20,11 +23,14 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_ALPHAS", "fit_ridge", "fully_trained", "predict_linear", "ridge_closed_form",
+__all__ = ["DEFAULT_ALPHAS", "PAPER_ALPHAS", "fit_ridge", "fit_ridge_paper", "fully_trained", "predict_linear", "ridge_closed_form",
            "anatomical_average", "bayes_oracle"]
 
 #: penalties searched by the cross-validated ridge (features are unit-norm)
 DEFAULT_ALPHAS = np.logspace(-2, 4, 13)
+
+#: penalties of the official BraInCoRL ridge baseline: 1e-3, 1e-2, ..., 1e5
+PAPER_ALPHAS = 10.0 ** np.arange(-3, 6)
 
 
 def _himalaya_backend():
@@ -124,6 +130,151 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = DEFAULT_AL
     finally:
         set_backend(previous)
     return (W, b, best) if return_alphas else (W, b)
+
+
+def _paper_folds(K: int, n_folds: int):
+    """Test-index ranges of the sequential folds of the official baseline.
+
+    Fold ``f`` holds out images ``[f * s, (f + 1) * s)`` with ``s = K // n_folds``; the last
+    ``K % n_folds`` images are never held out (they are in every training split), as in the
+    official code.
+    """
+    size = K // n_folds
+    return [(f * size, (f + 1) * size) for f in range(n_folds)]
+
+
+def _spectral_ridge(A: np.ndarray, Y: np.ndarray):
+    """Eigen-decomposition of one design for ridge at any penalty, serving every voxel at once.
+
+    Returns ``(V, d, Z)`` such that the ridge solution of ``A theta = Y`` at penalty ``lam``
+    (every column of ``theta`` penalised) is ``V @ (Z / (d + lam)[:, None])``:
+    ``V`` (P, r) orthonormal, ``d`` (r,) eigenvalues of ``A^T A`` and ``Z = V^T A^T Y`` (r, n_voxels).
+    With fewer rows than columns the kernel (dual) matrix ``A A^T`` is decomposed instead, so the
+    cost is ``min(n, P)`` cubed; directions of zero eigenvalue carry no signal and are dropped.
+    """
+    n, P = A.shape
+    if n >= P:  # primal: Gram matrix of the features
+        d, V = np.linalg.eigh(A.T @ A)
+        d = np.clip(d, 0.0, None)
+        Z = V.T @ (A.T @ Y)
+    else:  # dual: kernel matrix of the images
+        d, U = np.linalg.eigh(A @ A.T)
+        keep = d > max(d.max(), 0.0) * n * np.finfo(float).eps
+        d, U = d[keep], U[:, keep]
+        s = np.sqrt(d)
+        V = (A.T @ U) / s[None, :]
+        Z = s[:, None] * (U.T @ Y)
+    return V, d, Z
+
+
+def fit_ridge_paper(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = PAPER_ALPHAS, n_folds: int = 5,
+                    return_alphas: bool = False):
+    """Voxelwise ridge exactly as the official BraInCoRL baseline fits it.
+
+    The protocol of the official code (``ridge_fast_brainwise``):
+
+    * a column of ones is appended to ``X`` and penalised together with the weights (the
+      intercept is shrunk too, unlike :func:`fit_ridge`);
+    * ``n_folds`` = 5 *sequential* folds: fold ``f`` holds out the contiguous block of images
+      ``[f * s, (f + 1) * s)``, ``s = K // n_folds`` (no shuffling, so the order of the rows
+      matters; the last ``K % n_folds`` images are always in the training split);
+    * for each voxel, the penalty in ``alphas`` (1e-3 ... 1e5) with the best explained variance
+      on the held-out fold, averaged over folds (ties go to the first penalty in ``alphas``);
+    * the encoder is the **mean of the fold models** fitted with that voxel's penalty; there is
+      no refit on all K images.
+
+    One eigen-decomposition per fold serves every penalty and every voxel (the dual, kernel
+    form when the training split has fewer images than features), so the cost hardly depends on
+    the number of voxels.
+
+    Small support sets: every held-out fold needs at least 2 images for an explained variance,
+    so with ``K < 2 * n_folds`` the number of folds drops to ``K // 2`` (e.g. 4 folds of 2
+    images for K = 9). With ``K < 4`` there are not 2 such folds: no cross-validation is done
+    and the ridge is fitted once on all K images at the median penalty of ``alphas``. A fold
+    whose held-out responses are constant has no explained variance and is left out of that
+    voxel's mean.
+
+    Parameters
+    ----------
+    X : ndarray (K, n_features)
+        Support image features, in the order that defines the folds.
+    Y : ndarray (K, n_voxels) or (K,)
+        Support responses.
+    alphas : sequence of float
+        Candidate penalties (all positive).
+    n_folds : int
+        Number of sequential folds (5 in the official code).
+    return_alphas : bool
+        Also return the penalty chosen for each voxel.
+
+    Returns
+    -------
+    W : ndarray (n_voxels, n_features)
+    b : ndarray (n_voxels,)
+    best_alphas : ndarray (n_voxels,), only if ``return_alphas``
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((100, 5)); W_true = rng.standard_normal((3, 5))
+    >>> W, b = fit_ridge_paper(X, X @ W_true.T + 1.0)
+    >>> bool(np.allclose(W, W_true, atol=1e-3) and np.allclose(b, 1.0, atol=1e-3))
+    True
+    """
+    from .errors import ConfigError
+
+    X = np.asarray(X, np.float64)
+    Y = np.asarray(Y, np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ConfigError(f"X must be (K, n_features) and Y (K, n_voxels) with the same K, got {X.shape} and {Y.shape}")
+    alphas = np.asarray(alphas, np.float64).reshape(-1)
+    if alphas.size == 0 or not np.all(np.isfinite(alphas)) or np.any(alphas <= 0):
+        raise ConfigError(f"the penalties must be positive and finite, got {alphas.tolist()}")
+    if int(n_folds) < 2:
+        raise ConfigError(f"n_folds must be at least 2, got {n_folds}")
+    K, E = X.shape
+    if K < 1:
+        raise ConfigError("the support set is empty: ridge needs at least one image")
+    A = np.hstack([X, np.ones((K, 1))])
+    nv = Y.shape[1]
+    folds_n = min(int(n_folds), K // 2)
+    if folds_n < 2:  # K < 4: no cross-validation possible, one fit at the median penalty
+        alpha = float(np.median(alphas))
+        V, d, Z = _spectral_ridge(A, Y)
+        theta = V @ (Z / (d + alpha)[:, None])
+        W, b = theta[:E].T, theta[E].copy()
+        return (W, b, np.full(nv, alpha)) if return_alphas else (W, b)
+    folds = _paper_folds(K, folds_n)
+    score = np.zeros((len(alphas), nv))
+    count = np.zeros((len(alphas), nv))
+    fits = []
+    for lo, hi in folds:
+        train = np.r_[0:lo, hi:K]
+        V, d, Z = _spectral_ridge(A[train], Y[train])
+        fits.append((V, d, Z))
+        y_te = Y[lo:hi]
+        P_te = A[lo:hi] @ V  # (n_test, r)
+        var_y = y_te.var(axis=0)
+        ok = var_y > 0
+        for j, lam in enumerate(alphas):
+            resid = y_te - P_te @ (Z / (d + lam)[:, None])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ev = 1.0 - resid.var(axis=0) / var_y
+            score[j] += np.where(ok, ev, 0.0)
+            count[j] += ok
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_ev = np.where(count > 0, score / count, -np.inf)
+    mean_ev = np.where(np.isnan(mean_ev), -np.inf, mean_ev)
+    best = np.argmax(mean_ev, axis=0)  # first maximum: the smallest penalty on ties (in order given)
+    lam_v = alphas[best]
+    theta = np.zeros((E + 1, nv))
+    for V, d, Z in fits:
+        theta += V @ (Z / (d[:, None] + lam_v[None, :]))
+    theta /= len(fits)
+    W, b = theta[:E].T.copy(), theta[E].copy()
+    return (W, b, lam_v) if return_alphas else (W, b)
 
 
 def _to_numpy(a) -> np.ndarray:

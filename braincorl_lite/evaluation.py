@@ -7,16 +7,29 @@ encoders are scored by explained variance on the shared (query) images.
 A *method* is any callable ``fit(support_x, support_y) -> (W, b)`` with ``support_x`` of shape
 (K, E) and ``support_y`` of shape (K, n_voxels). :func:`few_shot_methods` builds the standard
 ones for a subject.
+
+No method is ever dropped from a table without a word: arguments that would evaluate nothing
+(``n_draws < 1``, K outside ``1 .. number of unique images``, a subject that does not exist) raise
+:class:`~braincorl_lite.errors.ConfigError` before any work, and a method whose predictions are
+NaN or infinite raises :class:`~braincorl_lite.errors.NonFiniteError` naming the method and K.
+
+Subject numbering: :func:`evaluate_heldout`, :func:`evaluate_heldout_subset` and
+:func:`simulation_report` take the held-out subject as a **1-based** subject number (as the
+command line does); :func:`anatomical_for` and :func:`anatomical_for_voxels` take a **0-based**
+position in the dataset. Out-of-range values, negative ones included, are refused.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from .baselines import anatomical_average, bayes_oracle, fit_ridge, fully_trained, predict_linear
+from .baselines import (anatomical_average, bayes_oracle, fit_ridge, fit_ridge_paper, fully_trained,
+                        predict_linear)
 from .data import SubjectData
+from .errors import ConfigError, NonFiniteError
 from .metrics import explained_variance
 
 __all__ = ["few_shot_methods", "evaluate_subject", "images_to_match", "summarise"]
@@ -24,31 +37,105 @@ __all__ = ["few_shot_methods", "evaluate_subject", "images_to_match", "summarise
 Method = Callable[[np.ndarray, np.ndarray], tuple]
 
 
-def few_shot_methods(data: SubjectData, prior=None, include=("ridge", "oracle")) -> Dict[str, Method]:
+#: the few-shot methods that :func:`few_shot_methods` knows
+KNOWN_METHODS = ("ridge", "ridge_paper", "oracle")
+
+
+def few_shot_methods(data: SubjectData, prior=None, include=("ridge", "ridge_paper", "oracle")) -> Dict[str, Method]:
     """The standard few-shot methods for one subject.
 
-    ``"ridge"`` is cross-validated ridge on the support set; ``"oracle"`` (simulated data only)
+    ``"ridge"`` is cross-validated ridge on the support set (himalaya, unpenalised intercept,
+    :func:`~braincorl_lite.baselines.fit_ridge`); ``"ridge_paper"`` is the official BraInCoRL
+    ridge baseline (penalised intercept, 5 sequential folds, mean of the fold models,
+    :func:`~braincorl_lite.baselines.fit_ridge_paper`); ``"oracle"`` (simulated data only)
     is the exact Bayes posterior mean under ``prior`` (a :class:`~braincorl_lite.simulate.MixturePrior`,
     offsets already integrated out, e.g. ``dataset.subject_prior(i)``) and the true noise.
     """
+    unknown = [m for m in include if m not in KNOWN_METHODS]
+    if unknown:
+        raise ConfigError(f"unknown few-shot method(s) {unknown}; known: {list(KNOWN_METHODS)}")
     methods: Dict[str, Method] = {}
     if "ridge" in include:
         methods["ridge"] = lambda X, Y: fit_ridge(X, Y)
+    if "ridge_paper" in include:
+        methods["ridge_paper"] = lambda X, Y: fit_ridge_paper(X, Y)
     if "oracle" in include:
         if data.truth is None or prior is None:
-            raise ValueError("the Bayes oracle needs ground truth and the true prior (simulated data only)")
+            raise ConfigError("the Bayes oracle needs ground truth and the true prior (simulated data only)")
         noise_var = data.truth.effective_noise_var(data.n_repeats)
         methods["oracle"] = lambda X, Y: bayes_oracle(X, Y, prior, noise_var)
     return methods
 
 
-def _rows(method, k, draw, ev, roi, extra=None):
-    rows = [{"method": method, "k": int(k), "roi": "all", "ev": float(np.nanmean(ev)),
+def _as_int(value, what: str) -> int:
+    """``value`` as an int if it is a whole number, else a :class:`ConfigError`."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise ConfigError(f"{what} must be a whole number, got {value!r}")
+
+
+def check_n_draws(n_draws) -> int:
+    """``n_draws`` as a positive int; :class:`ConfigError` otherwise (0 draws would evaluate nothing)."""
+    n = _as_int(n_draws, "n_draws")
+    if n < 1:
+        raise ConfigError(f"n_draws must be at least 1 (0 draws would leave every few-shot method out "
+                          f"of the table), got {n}")
+    return n
+
+
+def check_ks(ks, n_unique: int, subject: str = "the subject") -> list:
+    """Support sizes as a list of ints, each between 1 and ``n_unique``; :class:`ConfigError` otherwise."""
+    if isinstance(ks, (int, np.integer)):
+        ks = [ks]
+    ks = [_as_int(k, "every K") for k in ks]
+    if not ks:
+        raise ConfigError("no support size K given: nothing to evaluate")
+    bad = [k for k in ks if k < 1 or k > n_unique]
+    if bad:
+        raise ConfigError(f"K = {bad} out of range: support sets are drawn from the {n_unique} unique images "
+                          f"of {subject}, so every K must be between 1 and {n_unique}")
+    return ks
+
+
+def subject_position(dataset, subject, one_based: bool) -> int:
+    """0-based position of a subject given as a 1-based number (``one_based``) or a 0-based position.
+
+    Out-of-range values raise :class:`ConfigError`; in particular a negative position never
+    wraps around to the last subject.
+    """
+    n = len(dataset)
+    s = _as_int(subject, "the held-out subject")
+    if one_based:
+        if not 1 <= s <= n:
+            raise ConfigError(f"held-out subject {s} does not exist: subjects are numbered 1 to {n} (1-based)")
+        return s - 1
+    if not 0 <= s < n:
+        raise ConfigError(f"held-out subject position {s} does not exist: positions run from 0 to {n - 1} "
+                          f"(0-based)")
+    return s
+
+
+def _check_finite(pred: np.ndarray, method: str, k, subject: str, draw=None):
+    bad = ~np.isfinite(pred)
+    if bad.any():
+        n_bad = int(bad.any(axis=0).sum())
+        where = f"K = {k}" + (f" (draw {draw})" if draw is not None else "")
+        raise NonFiniteError(f"method {method!r} gave NaN or infinite predictions at {where} for {n_bad} of "
+                             f"{pred.shape[1]} voxels of {subject}; its encoder (e.g. a checkpoint with NaN "
+                             f"weights) is broken, so it is not scored")
+
+
+def _rows(method, k, draw, ev, roi, extra=None, subject=None):
+    rows = [{"subject": subject, "method": method, "k": int(k), "roi": "all", "ev": float(np.nanmean(ev)),
              "n_voxels": int(len(ev)), "draw": draw}]
     for name in sorted(set(roi.tolist())):
         m = roi == name
-        rows.append({"method": method, "k": int(k), "roi": name, "ev": float(np.nanmean(ev[m])),
-                     "n_voxels": int(m.sum()), "draw": draw})
+        rows.append({"subject": subject, "method": method, "k": int(k), "roi": name,
+                     "ev": float(np.nanmean(ev[m])), "n_voxels": int(m.sum()), "draw": draw})
     if extra:
         for r in rows:
             r.update(extra)
@@ -66,13 +153,14 @@ def evaluate_subject(data: SubjectData, ks: Sequence[int], methods: Dict[str, Me
     data : SubjectData
         The held-out subject.
     ks : sequence of int
-        Support-set sizes. Support sets are nested within a draw (the first K of one random
-        order of the unique images), so curves over K are not jagged by resampling.
+        Support-set sizes, each between 1 and the number of unique images. Support sets are
+        nested within a draw (the first K of one random order of the unique images), so curves
+        over K are not jagged by resampling.
     methods : dict name -> callable
         Few-shot methods (see module docstring).
     n_draws : int
-        Independent support draws per K; the table has one row per draw (average them with
-        :func:`summarise`).
+        Independent support draws per K (at least 1); the table has one row per draw (average
+        them with :func:`summarise`).
     fully_trained_encoder, anatomical_encoder : (W, b), optional
         Encoders that do not depend on K; reported with ``k`` = number of unique images and
         ``k = 0`` respectively.
@@ -81,18 +169,28 @@ def evaluate_subject(data: SubjectData, ks: Sequence[int], methods: Dict[str, Me
 
     Returns
     -------
-    pandas.DataFrame with columns ``method, k, roi, ev, n_voxels, draw``
+    pandas.DataFrame with columns ``subject, method, k, roi, ev, n_voxels, draw``
+
+    Raises
+    ------
+    ConfigError
+        ``n_draws < 1``, a K below 1 or above the number of unique images, or nothing to
+        evaluate (checked before any fitting).
+    NonFiniteError
+        A method (or a fixed encoder) whose predictions are NaN or infinite; the message names
+        the method and K. No method is left out of the table silently.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
+    unique = data.unique_idx
+    ks = check_ks(ks, unique.size, data.subject)
+    n_draws = check_n_draws(n_draws)
+    if not methods and fully_trained_encoder is None and anatomical_encoder is None:
+        raise ConfigError("no method to evaluate")
     query = data.shared_idx
     y_query = data.betas[query]
     x_query = data.features[query]
-    unique = data.unique_idx
-    ks = [int(k) for k in ks]
-    if max(ks) > unique.size:
-        raise ValueError(f"K = {max(ks)} exceeds the {unique.size} unique images of {data.subject}")
     rows, voxelwise = [], {}
     rng = np.random.default_rng(seed)
     jobs = [(d, k, name) for d in range(n_draws) for k in ks for name in methods]
@@ -100,14 +198,18 @@ def evaluate_subject(data: SubjectData, ks: Sequence[int], methods: Dict[str, Me
     for d, k, name in tqdm(jobs, disable=not progress, desc=f"evaluating {data.subject}"):
         support = np.sort(order[d][:k])
         W, b = methods[name](data.features[support], data.betas[support])
-        ev = explained_variance(y_query, predict_linear(x_query, W, b))
-        rows += _rows(name, k, d, ev, data.roi)
+        pred = predict_linear(x_query, W, b)
+        _check_finite(pred, name, k, data.subject, draw=d)
+        ev = explained_variance(y_query, pred)
+        rows += _rows(name, k, d, ev, data.roi, subject=data.subject)
         acc = voxelwise.setdefault((name, k), np.zeros(data.n_voxels))
         acc += ev / n_draws
     for name, enc, k in (("fully_trained", fully_trained_encoder, unique.size), ("anatomical", anatomical_encoder, 0)):
         if enc is not None:
-            ev = explained_variance(y_query, predict_linear(x_query, *enc))
-            rows += _rows(name, k, 0, ev, data.roi)
+            pred = predict_linear(x_query, *enc)
+            _check_finite(pred, name, k, data.subject)
+            ev = explained_variance(y_query, pred)
+            rows += _rows(name, k, 0, ev, data.roi, subject=data.subject)
             voxelwise[(name, k)] = ev
     table = pd.DataFrame(rows)
     return (table, voxelwise) if return_voxelwise else table
@@ -124,17 +226,35 @@ def braincorl_method(model, chunk_size: int = 512) -> Method:
     return fit
 
 
-def evaluate_heldout(model, dataset, heldout: int, ks: Sequence[int], n_draws: int = 2, seed: int = 0,
-                     anatomical: bool = True, oracle: bool = True, progress: bool = True):
-    """The full comparison on subject ``heldout`` (1-based) of a simulated dataset.
+def _baseline_include(baselines, use_oracle: bool):
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    baselines = tuple(baselines)
+    bad = [m for m in baselines if m not in ("ridge", "ridge_paper")]
+    if bad:
+        raise ConfigError(f"unknown ridge baseline(s) {bad}; choose from 'ridge' and 'ridge_paper'")
+    return baselines + (("oracle",) if use_oracle else ())
 
-    Methods: ``braincorl`` (if ``model`` is given), ``ridge``, ``oracle``, ``fully_trained`` and
-    ``anatomical`` (the other subjects of ``dataset`` provide it). Returns the table of
-    :func:`evaluate_subject`.
+
+def evaluate_heldout(model, dataset, heldout: int, ks: Sequence[int], n_draws: int = 2, seed: int = 0,
+                     anatomical: bool = True, oracle: bool = True, progress: bool = True,
+                     baselines: Sequence[str] = ("ridge", "ridge_paper")):
+    """The full comparison on subject number ``heldout`` (**1-based**) of a dataset.
+
+    Methods: ``braincorl`` (if ``model`` is given), the ridge ``baselines`` (``ridge``: himalaya
+    CV ridge; ``ridge_paper``: the official BraInCoRL ridge protocol), ``oracle`` (simulated data,
+    unless ``oracle=False``), ``fully_trained`` and ``anatomical`` (the other subjects of
+    ``dataset`` provide it; never the held-out subject itself). Returns the table of
+    :func:`evaluate_subject`, whose ``subject`` column names the evaluated subject.
+
+    ``heldout`` outside ``1 .. len(dataset)`` (0 and negative numbers included), ``n_draws < 1``
+    and K outside ``1 .. number of unique images`` raise :class:`ConfigError` before any fitting.
     """
-    i = heldout - 1
+    i = subject_position(dataset, heldout, one_based=True)
     subj = dataset[i]
-    include = ("ridge", "oracle") if oracle and subj.truth is not None else ("ridge",)
+    ks = check_ks(ks, subj.unique_idx.size, subj.subject)
+    n_draws = check_n_draws(n_draws)
+    include = _baseline_include(baselines, oracle and subj.truth is not None)
     methods = few_shot_methods(subj, dataset.subject_prior(i) if "oracle" in include else None, include)
     if model is not None:
         methods = {"braincorl": braincorl_method(model), **methods}
@@ -169,8 +289,24 @@ def images_to_match(curve_k: Sequence[int], curve_ev: Sequence[float], target_ev
 
 
 def anatomical_for(dataset, heldout: int, train_idx: Optional[Sequence[int]] = None, encoders=None):
-    """Anatomical-average encoder of subject ``heldout`` from the other subjects' fully trained encoders."""
-    train_idx = [i for i in range(len(dataset)) if i != heldout] if train_idx is None else list(train_idx)
+    """Anatomical-average encoder of subject ``heldout`` from the other subjects' fully trained encoders.
+
+    ``heldout`` and ``train_idx`` are **0-based** positions in ``dataset``. ``train_idx`` defaults
+    to every other subject; it must not contain ``heldout`` (a subject is never part of its own
+    anatomical average) and must not be empty. Out-of-range (or negative) positions raise
+    :class:`ConfigError`. ``encoders`` caches fully trained encoders by position.
+    """
+    heldout = subject_position(dataset, heldout, one_based=False)
+    if train_idx is None:
+        train_idx = [i for i in range(len(dataset)) if i != heldout]
+    else:
+        train_idx = [subject_position(dataset, i, one_based=False) for i in train_idx]
+        if heldout in train_idx:
+            raise ConfigError(f"train_idx {train_idx} contains the held-out subject {heldout}: a subject "
+                              "cannot be part of its own anatomical average")
+        train_idx = list(dict.fromkeys(train_idx))
+    if not train_idx:
+        raise ConfigError("the anatomical average needs at least one training subject besides the held-out one")
     encoders = {} if encoders is None else encoders
     train = []
     for i in train_idx:
@@ -241,15 +377,18 @@ def simulation_report(dataset, heldout: int = 1, ks=(10, 30, 100, 300, 1000), n_
                       seed: int = 0, out=None, progress: bool = True) -> dict:
     """Print the calibration report of a simulated dataset and return its tables.
 
-    The held-out subject (1-based) is evaluated with ridge and the Bayes oracle at every K, the
+    The held-out subject (1-based) is evaluated with ridge (himalaya CV ridge and the official
+    paper protocol, ``ridge_paper``) and the Bayes oracle at every K, the
     anatomical average of the other subjects' fully trained encoders, and its own fully trained
     encoder, on the shared images. The ridge curve is set beside the paper's NSD ridge curve,
     both as EV and as a fraction of the fully trained encoder.
     """
     import pandas as pd
 
-    i = heldout - 1
+    i = subject_position(dataset, heldout, one_based=True)
     subj = dataset[i]
+    ks = check_ks(ks, subj.unique_idx.size, subj.subject)
+    n_draws = check_n_draws(n_draws)
     checks = simulation_checks(dataset)
     print(f"\n== {dataset.name}: a simulation, not NSD ==")
     if hasattr(dataset, "generation_seconds"):
@@ -270,7 +409,8 @@ def simulation_report(dataset, heldout: int = 1, ks=(10, 30, 100, 300, 1000), n_
     for k in ks:
         r, o = mean["ridge", k], mean["oracle", k]
         paper = PAPER_RIDGE.get(k, np.nan)
-        rows.append({"K": k, "ridge": r, "oracle": o, "oracle - ridge": o - r, "anatomical": anat_ev,
+        rows.append({"K": k, "ridge": r, "ridge_paper": mean["ridge_paper", k], "oracle": o,
+                     "oracle - ridge": o - r, "anatomical": anat_ev,
                      "ridge / fully trained": r / full, "paper ridge (NSD)": paper,
                      "paper ridge / fully trained": paper / PAPER_FULLY_TRAINED})
     curve = pd.DataFrame(rows).set_index("K")
@@ -342,6 +482,7 @@ def anatomical_for_voxels(dataset, heldout: int, voxels=None, radius: float = 6.
 
     from .simulate import fsaverage5_mesh
 
+    heldout = subject_position(dataset, heldout, one_based=False)
     target = dataset[heldout]
     vertex = target.vertex if voxels is None else target.select_voxels(voxels).vertex
     if np.any(vertex < 0):
@@ -365,7 +506,7 @@ def anatomical_for_voxels(dataset, heldout: int, voxels=None, radius: float = 6.
 
 def evaluate_heldout_subset(model, dataset, heldout: int, ks: Sequence[int], voxels=None, n_draws=2,
                             seed: int = 0, oracle: bool = True, anatomical: bool = True,
-                            progress: bool = True):
+                            progress: bool = True, baselines: Sequence[str] = ("ridge", "ridge_paper")):
     """:func:`evaluate_heldout` on a subset of the held-out subject's voxels, with fewer draws at large K.
 
     Parameters
@@ -375,36 +516,47 @@ def evaluate_heldout_subset(model, dataset, heldout: int, ks: Sequence[int], vox
     dataset : dataset
         ``dataset[heldout - 1]`` is the held-out subject.
     heldout : int
-        1-based subject number.
+        1-based subject number (0, negative and too large numbers raise :class:`ConfigError`).
     ks : sequence of int
-        Support-set sizes.
+        Support-set sizes, each between 1 and the number of unique images.
     voxels : array of int or bool, optional
         Voxels to evaluate (default: all). Large K is expensive for the model on a CPU
         (the cost grows with K squared), so a random subset keeps learning curves affordable.
     n_draws : int or dict K -> int
-        Support draws per K; a dict gives each K its own number (e.g. one draw at K = 1000).
+        Support draws per K (at least 1); a dict gives each K its own number (e.g. one draw at
+        K = 1000) and must cover every K.
         Draw ``d`` uses the same random order of the unique images whatever its K, so support
         sets stay nested across K.
     oracle, anatomical : bool
         Include the Bayes oracle (needs ground truth) and the anatomical average (needs surface
-        vertices); silently skipped when the data do not allow them.
+        vertices); skipped when the data do not allow them.
+    baselines : sequence of str
+        Ridge baselines: ``"ridge"`` and/or ``"ridge_paper"``.
 
     Returns
     -------
     pandas.DataFrame
-        The table of :func:`evaluate_subject` (``method, k, roi, ev, n_voxels, draw``).
+        The table of :func:`evaluate_subject` (``subject, method, k, roi, ev, n_voxels, draw``).
     """
     import pandas as pd
 
-    i = heldout - 1
+    i = subject_position(dataset, heldout, one_based=True)
     full = dataset[i]
+    ks = check_ks(ks, full.unique_idx.size, full.subject)
+    if isinstance(n_draws, dict):
+        missing = [k for k in ks if k not in n_draws]
+        if missing:
+            raise ConfigError(f"n_draws gives no number of draws for K = {missing}")
+        draws = {k: check_n_draws(n_draws[k]) for k in ks}
+    else:
+        n = check_n_draws(n_draws)
+        draws = {k: n for k in ks}
     subj = full if voxels is None else full.select_voxels(voxels)
     use_oracle = oracle and subj.truth is not None
-    include = ("ridge", "oracle") if use_oracle else ("ridge",)
+    include = _baseline_include(baselines, use_oracle)
     methods = few_shot_methods(subj, dataset.subject_prior(i) if use_oracle else None, include)
     if model is not None:
         methods = {"braincorl": braincorl_method(model), **methods}
-    draws = {int(k): (n_draws[k] if isinstance(n_draws, dict) else int(n_draws)) for k in ks}
     anat = None
     if anatomical and len(dataset) > 1 and np.all(subj.vertex >= 0):
         anat = anatomical_for_voxels(dataset, i, voxels)
@@ -417,4 +569,5 @@ def evaluate_heldout_subset(model, dataset, heldout: int, ks: Sequence[int], vox
     return table.sort_values(["method", "k", "draw"], kind="stable").reset_index(drop=True)
 
 
-__all__ += ["cosine_per_voxel", "encoder_ev", "anatomical_for_voxels", "evaluate_heldout_subset"]
+__all__ += ["cosine_per_voxel", "encoder_ev", "anatomical_for_voxels", "evaluate_heldout_subset",
+            "check_ks", "check_n_draws", "subject_position", "KNOWN_METHODS"]

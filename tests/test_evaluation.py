@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
-from braincorl_lite.baselines import predict_linear
+import braincorl_lite.evaluation as evaluation
+from braincorl_lite.baselines import anatomical_average, fit_ridge, fit_ridge_paper, fully_trained, predict_linear
+from braincorl_lite.errors import BraInCoRLError, ConfigError, NonFiniteError
 from braincorl_lite.evaluation import (anatomical_for, anatomical_for_voxels, cosine_per_voxel, encoder_ev,
-                                       evaluate_heldout, evaluate_heldout_subset, images_to_match)
+                                       evaluate_heldout, evaluate_heldout_subset, evaluate_subject,
+                                       few_shot_methods, images_to_match, simulation_report)
 from braincorl_lite.metrics import explained_variance
 
 
@@ -51,7 +54,7 @@ def test_evaluate_heldout_subset_draws_and_nesting(tiny):
     allv = table[table.roi == "all"]
     draws = allv.groupby(["method", "k"]).draw.nunique()
     assert draws["ridge", 10] == 2 and draws["ridge", 100] == 1 and draws["oracle", 30] == 2
-    assert set(allv.method) == {"ridge", "oracle", "fully_trained", "anatomical"}
+    assert set(allv.method) == {"ridge", "ridge_paper", "oracle", "fully_trained", "anatomical"}
     assert (allv.method == "fully_trained").sum() == 1 and (allv.method == "anatomical").sum() == 1
     assert (allv.n_voxels == sub.size).all()
     # draw 0 uses the same support sets as evaluate_heldout (one seed, nested orders)
@@ -71,3 +74,140 @@ def test_images_to_match_ratio():
     k = [10, 100, 1000]
     assert images_to_match(k, [0.0, 0.1, 0.2], 0.15) == pytest.approx(np.sqrt(100 * 1000))
     assert images_to_match(k, [0.0, 0.1, 0.2], 0.3) == float("inf")
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper-protocol ridge is evaluated by default, and no method is ever dropped silently
+# ----------------------------------------------------------------------------------------------
+def test_ridge_paper_rows_and_subject_column(tiny):
+    assert set(few_shot_methods(tiny[0], tiny.subject_prior(0))) == {"ridge", "ridge_paper", "oracle"}
+    table = evaluate_heldout(None, tiny, 2, [10, 30], n_draws=1, anatomical=False, progress=False)
+    allv = table[table.roi == "all"]
+    assert set(allv.method) == {"ridge", "ridge_paper", "oracle", "fully_trained"}
+    assert set(allv[allv.method == "ridge_paper"].k) == {10, 30}
+    # the table names the evaluated subject (1-based number 2 is position 1)
+    assert "subject" in table.columns and set(table.subject) == {tiny[1].subject}
+    # the ridge_paper rows are fit_ridge_paper on the same support sets as ridge
+    s = tiny[1]
+    support = np.sort(np.random.default_rng(0).permutation(s.unique_idx)[:30])
+    q = s.shared_idx
+    W, b = fit_ridge_paper(s.features[support], s.betas[support])
+    ev = np.nanmean(explained_variance(s.betas[q], predict_linear(s.features[q], W, b)))
+    got = allv[(allv.method == "ridge_paper") & (allv.k == 30)].ev.item()
+    assert got == pytest.approx(ev, abs=1e-10)
+    # and only the asked-for baselines when asked
+    t = evaluate_heldout(None, tiny, 2, [10], n_draws=1, anatomical=False, oracle=False, progress=False,
+                         baselines=("ridge_paper",))
+    assert set(t.method) == {"ridge_paper", "fully_trained"}
+
+
+def test_nonfinite_predictions_raise(tiny):
+    s = tiny[0]
+
+    def broken(X, Y):  # e.g. a checkpoint with NaN weights
+        W, b = fit_ridge(X, Y)
+        W[3, :] = np.nan
+        return W, b
+
+    methods = {"braincorl": broken, "ridge": lambda X, Y: fit_ridge(X, Y)}
+    with pytest.raises(NonFiniteError, match=r"'braincorl'.*K = 10") as err:
+        evaluate_subject(s, [10, 30], methods, n_draws=1)
+    assert isinstance(err.value, BraInCoRLError) and isinstance(err.value, FloatingPointError)
+    inf_bias = lambda X, Y: (np.zeros((s.n_voxels, X.shape[1])), np.full(s.n_voxels, np.inf))
+    with pytest.raises(NonFiniteError, match=r"'odd'.*K = 30"):
+        evaluate_subject(s, [30], {"odd": inf_bias}, n_draws=1)
+    # the encoders that do not depend on K are checked too
+    W, b = np.zeros((s.n_voxels, s.features.shape[1])), np.full(s.n_voxels, np.nan)
+    with pytest.raises(NonFiniteError, match="'anatomical'"):
+        evaluate_subject(s, [10], {}, anatomical_encoder=(W, b))
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("expensive work started before the arguments were checked")
+
+
+@pytest.mark.parametrize("n_draws", [0, -1, 1.5])
+def test_bad_n_draws_is_refused_before_any_work(tiny, monkeypatch, n_draws):
+    with pytest.raises(ConfigError, match="n_draws"):
+        evaluate_subject(tiny[0], [10], {"ridge": _never_called}, n_draws=n_draws)
+    monkeypatch.setattr(evaluation, "fully_trained", _never_called)
+    monkeypatch.setattr(evaluation, "anatomical_for", _never_called)
+    with pytest.raises(ConfigError, match="n_draws"):
+        evaluate_heldout(None, tiny, 1, [10], n_draws=n_draws, progress=False)
+    with pytest.raises(ConfigError, match="n_draws"):
+        evaluate_heldout_subset(None, tiny, 1, [10, 30], n_draws={10: 1, 30: n_draws}, progress=False)
+
+
+def test_n_draws_dict_must_cover_every_k(tiny, monkeypatch):
+    monkeypatch.setattr(evaluation, "fully_trained", _never_called)
+    with pytest.raises(ConfigError, match=r"K = \[30\]"):
+        evaluate_heldout_subset(None, tiny, 1, [10, 30], n_draws={10: 1}, progress=False)
+
+
+@pytest.mark.parametrize("ks", [[0], [10, -5], [10, 301], [], [2.5]])
+def test_bad_k_is_refused_before_any_work(tiny, monkeypatch, ks):
+    n_unique = tiny[0].unique_idx.size
+    assert n_unique == 300
+    with pytest.raises(ConfigError):
+        evaluate_subject(tiny[0], ks, {"ridge": _never_called})
+    monkeypatch.setattr(evaluation, "fully_trained", _never_called)
+    monkeypatch.setattr(evaluation, "anatomical_for", _never_called)
+    monkeypatch.setattr(evaluation, "anatomical_for_voxels", _never_called)
+    monkeypatch.setattr(evaluation, "simulation_checks", _never_called)
+    with pytest.raises(ConfigError):
+        evaluate_heldout(None, tiny, 1, ks, progress=False)
+    with pytest.raises(ConfigError):
+        evaluate_heldout_subset(None, tiny, 1, ks, progress=False)
+    with pytest.raises(ConfigError):
+        simulation_report(tiny, 1, ks=ks, progress=False)
+    # K equal to the number of unique images is allowed
+    assert evaluation.check_ks([1, n_unique], n_unique) == [1, n_unique]
+
+
+def test_heldout_subject_out_of_range_is_refused(tiny, monkeypatch):
+    n = len(tiny)
+    monkeypatch.setattr(evaluation, "fully_trained", _never_called)
+    monkeypatch.setattr(evaluation, "simulation_checks", _never_called)
+    # 1-based subject numbers: 0 and negative numbers must not wrap around to the last subject
+    for bad in (0, -1, n + 1):
+        with pytest.raises(ConfigError, match="1-based"):
+            evaluate_heldout(None, tiny, bad, [10], progress=False)
+        with pytest.raises(ConfigError, match="1-based"):
+            evaluate_heldout_subset(None, tiny, bad, [10], progress=False)
+        with pytest.raises(ConfigError, match="1-based"):
+            simulation_report(tiny, heldout=bad, ks=[10], progress=False)
+    # 0-based positions: -1 and n are refused
+    for bad in (-1, n):
+        with pytest.raises(ConfigError, match="0-based"):
+            anatomical_for(tiny, bad)
+        with pytest.raises(ConfigError, match="0-based"):
+            anatomical_for_voxels(tiny, bad, [0, 1])
+    assert evaluation.subject_position(tiny, n, one_based=True) == n - 1
+    assert evaluation.subject_position(tiny, 0, one_based=False) == 0
+
+
+def test_anatomical_average_never_contains_the_heldout_subject(tiny, monkeypatch):
+    seen = []
+
+    def recording(data, *args, **kwargs):
+        seen.append(data.subject)
+        return fully_trained(data, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "fully_trained", recording)
+    W, b = anatomical_for(tiny, 1)
+    assert sorted(seen) == sorted([tiny[0].subject, tiny[2].subject])
+    train = [(tiny[i].vertex, *fully_trained(tiny[i])) for i in (0, 2)]
+    W0, b0 = anatomical_average(train, tiny[1].vertex)
+    assert np.allclose(W, W0) and np.allclose(b, b0)
+    with pytest.raises(ConfigError, match="own anatomical average"):
+        anatomical_for(tiny, 1, train_idx=[0, 1])
+    with pytest.raises(ConfigError, match="0-based"):
+        anatomical_for(tiny, 1, train_idx=[0, -1])
+    with pytest.raises(ConfigError, match="at least one"):
+        anatomical_for(tiny, 1, train_idx=[])
+    # evaluate_heldout's anatomical rows use the other subjects only
+    seen.clear()
+    table = evaluate_heldout(None, tiny, 3, [10], n_draws=1, oracle=False, progress=False, baselines=("ridge",))
+    assert seen.count(tiny[2].subject) == 1  # its own fully trained encoder, never in the average
+    assert sorted(set(seen)) == sorted(s.subject for s in tiny)
+    assert set(table.subject) == {tiny[2].subject}
