@@ -1,6 +1,5 @@
 """Data-parallel meta-training: 2 processes on CPU (gloo) must equal one process on the same episodes."""
 
-import json
 import os
 import subprocess
 import sys
@@ -29,9 +28,11 @@ def test_two_ranks_match_one_process(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    state = json.loads((multi / "state.json").read_text())
-    assert state["distributed"]["world_size"] == 2 and state["distributed"]["backend"] == "gloo"
-    assert state["distributed"]["max_param_diff_across_ranks"] == 0.0  # both ranks hold the same weights
+    _, meta = load_checkpoint(multi / "model.safetensors")
+    assert meta["distributed"]["world_size"] == 2 and meta["distributed"]["backend"] == "gloo"
+    assert meta["distributed"]["max_param_diff_across_ranks"] == 0.0  # both ranks hold the same weights
+    state = torch.load(multi / "checkpoint.pt", weights_only=True)  # rank 0 committed the finished run
+    assert state["stage"] == len(state["train_config"]["stages"]) and state["step"] == 0
 
     log1, log2 = read_log(single), read_log(multi)
     assert len(log1) == len(log2) > 10
