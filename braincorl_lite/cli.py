@@ -217,7 +217,7 @@ def _cmd_simulate(args) -> int:
     if args.report:
         from .evaluation import simulation_report
 
-        simulation_report(ds, heldout=_api_subject(heldout), ks=ks, n_draws=args.draws, out=args.report_out)
+        simulation_report(ds, heldout=heldout, ks=ks, n_draws=args.draws, out=args.report_out)
     return 0
 
 
@@ -299,7 +299,10 @@ def _cmd_train(args) -> int:
         ds = _load(args, subjects=[layout.numbers[i] for i in train_pos])
         train_subjects = list(ds)
     scale = args.steps_scale
-    if args.time_budget:
+    resuming = not args.no_resume and (Path(args.out) / "checkpoint.pt").exists()
+    if args.time_budget and resuming:  # the run keeps the step scale it measured when it started
+        _say(f"{args.out} holds a run: resuming it with its own recipe (--time-budget is not measured again)")
+    elif args.time_budget:
         from .train import measure_step_time
 
         per_step = measure_step_time(train_subjects, make_config(1.0), device=device)
@@ -317,17 +320,13 @@ def _cmd_train(args) -> int:
     _say(f"meta-training on {len(train_subjects)} {ds.name} subjects ({kind}; "
          f"{', '.join(s.subject for s in train_subjects)}), holding out subject(s) {held_numbers}; "
          f"supervision {args.supervision}; {sum(s.steps for s in config.stages)} steps; output: {args.out}")
-    train(train_subjects, args.out, config, device=device, resume=not args.no_resume, extra_metadata=meta)
-    _say(f"saved {Path(args.out) / 'model.safetensors'}")
+    train(train_subjects, args.out, None if resuming and args.time_budget else config, device=device,
+          resume=not args.no_resume, extra_metadata=meta)
+    _say(f"model: {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
 # ---------------------------------------------------------------------- evaluate
-def _api_subject(position: int):
-    """The held-out subject as :func:`~braincorl_lite.evaluation.evaluate_heldout` takes it (1-based)."""
-    return position + 1
-
-
 def _load_model(path, device):
     from .model import CheckpointError, load_checkpoint
 
@@ -385,7 +384,7 @@ def _cmd_evaluate(args) -> int:
         notes.append(f"anatomical: skipped ({why})")
     for line in notes:
         print(f"note: {line}")
-    table = evaluate_heldout(model, ds, _api_subject(pos), ks, n_draws=args.draws, seed=args.eval_seed,
+    table = evaluate_heldout(model, ds, pos, ks, n_draws=args.draws, seed=args.eval_seed,
                              anatomical=anatomical, oracle=oracle)
     if "subject" not in table.columns:
         table.insert(0, "subject", subj.subject)
@@ -584,9 +583,10 @@ def main(argv=None) -> int:
     except BraInCoRLError as exc:
         print(f"braincorl-lite {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # training says whether it saved the run; otherwise a plain line
         hint = "; rerun the same command to resume the run" if command == "train" else ""
-        print(f"braincorl-lite {command}: interrupted{hint}", file=sys.stderr)
+        print(f"braincorl-lite {command}: {_one_line(exc) if str(exc) else 'interrupted' + hint}", file=sys.stderr)
         return 130
 
 

@@ -13,10 +13,9 @@ No method is ever dropped from a table without a word: arguments that would eval
 :class:`~braincorl_lite.errors.ConfigError` before any work, and a method whose predictions are
 NaN or infinite raises :class:`~braincorl_lite.errors.NonFiniteError` naming the method and K.
 
-Subject numbering: :func:`evaluate_heldout`, :func:`evaluate_heldout_subset` and
-:func:`simulation_report` take the held-out subject as a **1-based** subject number (as the
-command line does); :func:`anatomical_for` and :func:`anatomical_for_voxels` take a **0-based**
-position in the dataset. Out-of-range values, negative ones included, are refused.
+Subjects are **0-based positions** in the dataset (``dataset[heldout]``) everywhere in the Python
+API; only the command line numbers them from 1, as NSD does, and converts at its boundary.
+Out-of-range positions, negative ones included, are refused (never wrapped around).
 """
 
 from __future__ import annotations
@@ -236,28 +235,36 @@ def _baseline_include(baselines, use_oracle: bool):
     return baselines + (("oracle",) if use_oracle else ())
 
 
+def model_methods(model) -> Dict[str, Method]:
+    """Few-shot methods for ``model``: ``{"braincorl": ...}``, one per entry of a dict, or none."""
+    if model is None:
+        return {}
+    if isinstance(model, dict):
+        return {name: braincorl_method(m) for name, m in model.items()}
+    return {"braincorl": braincorl_method(model)}
+
+
 def evaluate_heldout(model, dataset, heldout: int, ks: Sequence[int], n_draws: int = 2, seed: int = 0,
                      anatomical: bool = True, oracle: bool = True, progress: bool = True,
                      baselines: Sequence[str] = ("ridge", "ridge_paper")):
-    """The full comparison on subject number ``heldout`` (**1-based**) of a dataset.
+    """The full comparison on subject ``dataset[heldout]`` (a 0-based position) of a dataset.
 
-    Methods: ``braincorl`` (if ``model`` is given), the ridge ``baselines`` (``ridge``: himalaya
+    Methods: ``braincorl`` (if ``model`` is given; a dict of models gives one method per name), the ridge ``baselines`` (``ridge``: himalaya
     CV ridge; ``ridge_paper``: the official BraInCoRL ridge protocol), ``oracle`` (simulated data,
     unless ``oracle=False``), ``fully_trained`` and ``anatomical`` (the other subjects of
     ``dataset`` provide it; never the held-out subject itself). Returns the table of
     :func:`evaluate_subject`, whose ``subject`` column names the evaluated subject.
 
-    ``heldout`` outside ``1 .. len(dataset)`` (0 and negative numbers included), ``n_draws < 1``
+    ``heldout`` outside ``0 .. len(dataset) - 1`` (negative positions included), ``n_draws < 1``
     and K outside ``1 .. number of unique images`` raise :class:`ConfigError` before any fitting.
     """
-    i = subject_position(dataset, heldout, one_based=True)
+    i = subject_position(dataset, heldout, one_based=False)
     subj = dataset[i]
     ks = check_ks(ks, subj.unique_idx.size, subj.subject)
     n_draws = check_n_draws(n_draws)
     include = _baseline_include(baselines, oracle and subj.truth is not None)
     methods = few_shot_methods(subj, dataset.subject_prior(i) if "oracle" in include else None, include)
-    if model is not None:
-        methods = {"braincorl": braincorl_method(model), **methods}
+    methods = {**model_methods(model), **methods}
     ft = fully_trained(subj)
     anat = anatomical_for(dataset, i) if anatomical and len(dataset) > 1 else None
     return evaluate_subject(subj, ks, methods, n_draws=n_draws, seed=seed, fully_trained_encoder=ft,
@@ -373,11 +380,11 @@ def simulation_checks(dataset) -> dict:
             "top_pc_share_of_norm": float(((W @ evecs[:, :n_top]) ** 2).sum() / (W ** 2).sum())}
 
 
-def simulation_report(dataset, heldout: int = 1, ks=(10, 30, 100, 300, 1000), n_draws: int = 2,
+def simulation_report(dataset, heldout: int = 0, ks=(10, 30, 100, 300, 1000), n_draws: int = 2,
                       seed: int = 0, out=None, progress: bool = True) -> dict:
     """Print the calibration report of a simulated dataset and return its tables.
 
-    The held-out subject (1-based) is evaluated with ridge (himalaya CV ridge and the official
+    The held-out subject ``dataset[heldout]`` (0-based) is evaluated with ridge (himalaya CV ridge and the official
     paper protocol, ``ridge_paper``) and the Bayes oracle at every K, the
     anatomical average of the other subjects' fully trained encoders, and its own fully trained
     encoder, on the shared images. The ridge curve is set beside the paper's NSD ridge curve,
@@ -385,7 +392,7 @@ def simulation_report(dataset, heldout: int = 1, ks=(10, 30, 100, 300, 1000), n_
     """
     import pandas as pd
 
-    i = subject_position(dataset, heldout, one_based=True)
+    i = subject_position(dataset, heldout, one_based=False)
     subj = dataset[i]
     ks = check_ks(ks, subj.unique_idx.size, subj.subject)
     n_draws = check_n_draws(n_draws)
@@ -511,12 +518,12 @@ def evaluate_heldout_subset(model, dataset, heldout: int, ks: Sequence[int], vox
 
     Parameters
     ----------
-    model : BraInCoRL or None
-        Evaluated as ``"braincorl"`` when given.
+    model : BraInCoRL, dict of name -> BraInCoRL, or None
+        Evaluated as ``"braincorl"`` (or under each name of the dict) when given.
     dataset : dataset
-        ``dataset[heldout - 1]`` is the held-out subject.
+        ``dataset[heldout]`` is the held-out subject.
     heldout : int
-        1-based subject number (0, negative and too large numbers raise :class:`ConfigError`).
+        0-based position (negative and too large positions raise :class:`ConfigError`).
     ks : sequence of int
         Support-set sizes, each between 1 and the number of unique images.
     voxels : array of int or bool, optional
@@ -540,7 +547,7 @@ def evaluate_heldout_subset(model, dataset, heldout: int, ks: Sequence[int], vox
     """
     import pandas as pd
 
-    i = subject_position(dataset, heldout, one_based=True)
+    i = subject_position(dataset, heldout, one_based=False)
     full = dataset[i]
     ks = check_ks(ks, full.unique_idx.size, full.subject)
     if isinstance(n_draws, dict):
@@ -554,9 +561,8 @@ def evaluate_heldout_subset(model, dataset, heldout: int, ks: Sequence[int], vox
     subj = full if voxels is None else full.select_voxels(voxels)
     use_oracle = oracle and subj.truth is not None
     include = _baseline_include(baselines, use_oracle)
-    methods = few_shot_methods(subj, dataset.subject_prior(i) if use_oracle else None, include)
-    if model is not None:
-        methods = {"braincorl": braincorl_method(model), **methods}
+    methods = {**model_methods(model),
+               **few_shot_methods(subj, dataset.subject_prior(i) if use_oracle else None, include)}
     anat = None
     if anatomical and len(dataset) > 1 and np.all(subj.vertex >= 0):
         anat = anatomical_for_voxels(dataset, i, voxels)

@@ -269,7 +269,7 @@ def test_evaluate_default_k_adapts_to_the_subject(monkeypatch, capsys, tmp_path)
     csv = tmp_path / "out" / "results.csv"
     assert main(["evaluate", "--size", "tiny", "--heldout-subject", "2", "--out", str(csv)]) == 0
     out = capsys.readouterr().out
-    assert seen["ks"] == [10, 30, 100, 300] and seen["heldout"] == 2  # evaluation's API: 1-based number
+    assert seen["ks"] == [10, 30, 100, 300] and seen["heldout"] == 1  # --heldout-subject 2 is position 1 of the Python API
     assert "K = 1000 left out" in out
     table = pd.read_csv(csv)
     assert set(table.subject) == {"simnsd-02"}  # the CSV names the evaluated subject

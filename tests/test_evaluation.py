@@ -49,7 +49,7 @@ def test_anatomical_for_voxels_matches_full(tiny):
 def test_evaluate_heldout_subset_draws_and_nesting(tiny):
     ks = [10, 30, 100]
     sub = np.arange(0, tiny[0].n_voxels, 2)
-    table = evaluate_heldout_subset(None, tiny, 1, ks, voxels=sub, n_draws={10: 2, 30: 2, 100: 1},
+    table = evaluate_heldout_subset(None, tiny, 0, ks, voxels=sub, n_draws={10: 2, 30: 2, 100: 1},
                                     progress=False)
     allv = table[table.roi == "all"]
     draws = allv.groupby(["method", "k"]).draw.nunique()
@@ -58,8 +58,8 @@ def test_evaluate_heldout_subset_draws_and_nesting(tiny):
     assert (allv.method == "fully_trained").sum() == 1 and (allv.method == "anatomical").sum() == 1
     assert (allv.n_voxels == sub.size).all()
     # draw 0 uses the same support sets as evaluate_heldout (one seed, nested orders)
-    ref = evaluate_heldout(None, tiny, 1, ks, n_draws=1, anatomical=False, progress=False)
-    mine = evaluate_heldout_subset(None, tiny, 1, ks, n_draws={10: 1, 30: 2, 100: 1}, anatomical=False,
+    ref = evaluate_heldout(None, tiny, 0, ks, n_draws=1, anatomical=False, progress=False)
+    mine = evaluate_heldout_subset(None, tiny, 0, ks, n_draws={10: 1, 30: 2, 100: 1}, anatomical=False,
                                    progress=False)
     key = ["method", "k", "roi"]
     a = ref[(ref.draw == 0) & (ref.method == "ridge")].set_index(key).ev
@@ -81,11 +81,11 @@ def test_images_to_match_ratio():
 # ----------------------------------------------------------------------------------------------
 def test_ridge_paper_rows_and_subject_column(tiny):
     assert set(few_shot_methods(tiny[0], tiny.subject_prior(0))) == {"ridge", "ridge_paper", "oracle"}
-    table = evaluate_heldout(None, tiny, 2, [10, 30], n_draws=1, anatomical=False, progress=False)
+    table = evaluate_heldout(None, tiny, 1, [10, 30], n_draws=1, anatomical=False, progress=False)
     allv = table[table.roi == "all"]
     assert set(allv.method) == {"ridge", "ridge_paper", "oracle", "fully_trained"}
     assert set(allv[allv.method == "ridge_paper"].k) == {10, 30}
-    # the table names the evaluated subject (1-based number 2 is position 1)
+    # the table names the evaluated subject (position 1)
     assert "subject" in table.columns and set(table.subject) == {tiny[1].subject}
     # the ridge_paper rows are fit_ridge_paper on the same support sets as ridge
     s = tiny[1]
@@ -96,7 +96,7 @@ def test_ridge_paper_rows_and_subject_column(tiny):
     got = allv[(allv.method == "ridge_paper") & (allv.k == 30)].ev.item()
     assert got == pytest.approx(ev, abs=1e-10)
     # and only the asked-for baselines when asked
-    t = evaluate_heldout(None, tiny, 2, [10], n_draws=1, anatomical=False, oracle=False, progress=False,
+    t = evaluate_heldout(None, tiny, 1, [10], n_draws=1, anatomical=False, oracle=False, progress=False,
                          baselines=("ridge_paper",))
     assert set(t.method) == {"ridge_paper", "fully_trained"}
 
@@ -133,15 +133,15 @@ def test_bad_n_draws_is_refused_before_any_work(tiny, monkeypatch, n_draws):
     monkeypatch.setattr(evaluation, "fully_trained", _never_called)
     monkeypatch.setattr(evaluation, "anatomical_for", _never_called)
     with pytest.raises(ConfigError, match="n_draws"):
-        evaluate_heldout(None, tiny, 1, [10], n_draws=n_draws, progress=False)
+        evaluate_heldout(None, tiny, 0, [10], n_draws=n_draws, progress=False)
     with pytest.raises(ConfigError, match="n_draws"):
-        evaluate_heldout_subset(None, tiny, 1, [10, 30], n_draws={10: 1, 30: n_draws}, progress=False)
+        evaluate_heldout_subset(None, tiny, 0, [10, 30], n_draws={10: 1, 30: n_draws}, progress=False)
 
 
 def test_n_draws_dict_must_cover_every_k(tiny, monkeypatch):
     monkeypatch.setattr(evaluation, "fully_trained", _never_called)
     with pytest.raises(ConfigError, match=r"K = \[30\]"):
-        evaluate_heldout_subset(None, tiny, 1, [10, 30], n_draws={10: 1}, progress=False)
+        evaluate_heldout_subset(None, tiny, 0, [10, 30], n_draws={10: 1}, progress=False)
 
 
 @pytest.mark.parametrize("ks", [[0], [10, -5], [10, 301], [], [2.5]])
@@ -155,11 +155,11 @@ def test_bad_k_is_refused_before_any_work(tiny, monkeypatch, ks):
     monkeypatch.setattr(evaluation, "anatomical_for_voxels", _never_called)
     monkeypatch.setattr(evaluation, "simulation_checks", _never_called)
     with pytest.raises(ConfigError):
-        evaluate_heldout(None, tiny, 1, ks, progress=False)
+        evaluate_heldout(None, tiny, 0, ks, progress=False)
     with pytest.raises(ConfigError):
-        evaluate_heldout_subset(None, tiny, 1, ks, progress=False)
+        evaluate_heldout_subset(None, tiny, 0, ks, progress=False)
     with pytest.raises(ConfigError):
-        simulation_report(tiny, 1, ks=ks, progress=False)
+        simulation_report(tiny, 0, ks=ks, progress=False)
     # K equal to the number of unique images is allowed
     assert evaluation.check_ks([1, n_unique], n_unique) == [1, n_unique]
 
@@ -168,16 +168,14 @@ def test_heldout_subject_out_of_range_is_refused(tiny, monkeypatch):
     n = len(tiny)
     monkeypatch.setattr(evaluation, "fully_trained", _never_called)
     monkeypatch.setattr(evaluation, "simulation_checks", _never_called)
-    # 1-based subject numbers: 0 and negative numbers must not wrap around to the last subject
-    for bad in (0, -1, n + 1):
-        with pytest.raises(ConfigError, match="1-based"):
+    # 0-based positions everywhere in the Python API: -1 must not wrap around to the last subject
+    for bad in (-1, -n, n, n + 1):
+        with pytest.raises(ConfigError, match="0-based"):
             evaluate_heldout(None, tiny, bad, [10], progress=False)
-        with pytest.raises(ConfigError, match="1-based"):
+        with pytest.raises(ConfigError, match="0-based"):
             evaluate_heldout_subset(None, tiny, bad, [10], progress=False)
-        with pytest.raises(ConfigError, match="1-based"):
+        with pytest.raises(ConfigError, match="0-based"):
             simulation_report(tiny, heldout=bad, ks=[10], progress=False)
-    # 0-based positions: -1 and n are refused
-    for bad in (-1, n):
         with pytest.raises(ConfigError, match="0-based"):
             anatomical_for(tiny, bad)
         with pytest.raises(ConfigError, match="0-based"):
@@ -207,7 +205,7 @@ def test_anatomical_average_never_contains_the_heldout_subject(tiny, monkeypatch
         anatomical_for(tiny, 1, train_idx=[])
     # evaluate_heldout's anatomical rows use the other subjects only
     seen.clear()
-    table = evaluate_heldout(None, tiny, 3, [10], n_draws=1, oracle=False, progress=False, baselines=("ridge",))
+    table = evaluate_heldout(None, tiny, 2, [10], n_draws=1, oracle=False, progress=False, baselines=("ridge",))
     assert seen.count(tiny[2].subject) == 1  # its own fully trained encoder, never in the average
     assert sorted(set(seen)) == sorted(s.subject for s in tiny)
     assert set(table.subject) == {tiny[2].subject}
