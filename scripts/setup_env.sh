@@ -9,10 +9,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.braincorl-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     echo "[setup] installing braincorl-lite and its dependencies (the first time takes several minutes)"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    # exact versions of this project's environment (pyproject.toml keeps ranges for users)
+    .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
     .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (braincorl-lite)" >/dev/null
     touch "$stamp"
 fi
