@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +68,7 @@ def main(argv=None) -> int:
     from braincorl_lite.baselines import fully_trained
     from braincorl_lite.datasets import load_dataset
     from braincorl_lite.evaluation import braincorl_method, evaluate_subject
+    from braincorl_lite.model import load_checkpoint
     from braincorl_lite.train import train
 
     ks = [int(k) for k in args.k.split(",")]
@@ -81,10 +81,9 @@ def main(argv=None) -> int:
     for variant in args.variants.split(","):
         for seed in [int(s) for s in args.train_seeds.split(",")]:
             cfg = make_config(variant, seed, args.steps_scale, args.d_model, args.layers)
-            t0 = time.perf_counter()
-            model = train(train_subjects, Path(args.runs) / f"{variant}_seed{seed}", cfg, device="cpu",
-                          progress=False, reference=encoders)
-            seconds = time.perf_counter() - t0
+            run = Path(args.runs) / f"{variant}_seed{seed}"
+            model = train(train_subjects, run, cfg, device="cpu", progress=False, reference=encoders)
+            seconds = load_checkpoint(run / "model.safetensors")[1]["train_seconds"]  # also for a reused run
             t = evaluate_subject(test, ks, {"braincorl": braincorl_method(model)}, n_draws=1, seed=0)
             t = t[t.roi == "all"].assign(variant=variant, train_seed=seed, train_seconds=seconds)
             tables.append(t)

@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-__all__ = ["RECORD_MIME", "record", "read_records", "resolve_device", "strip_volatile", "execute_notebook"]
+__all__ = ["RECORD_MIME", "record", "glue", "read_records", "resolve_device", "strip_volatile", "execute_notebook"]
 
 #: MIME type of recorded values in a notebook's outputs
 RECORD_MIME = "application/vnd.braincorl-lite.record+json"
@@ -59,6 +59,27 @@ def record(name: str, value) -> None:
     payload = {name: _jsonable(value)}
     text = json.dumps(payload)
     display({RECORD_MIME: payload, "text/plain": f"recorded {name}: {text[:200]}"}, raw=True)
+
+
+def glue(name: str, value) -> None:
+    """Make ``value`` available to the chapter's text as ``{glue:text}`name:.3f``` (myst-nb).
+
+    NumPy scalars are turned into Python numbers first, so that the book can format them (their
+    ``repr`` is ``np.float64(...)``, which a format specification cannot read). Strings to show as
+    text are glued as Markdown and referenced with ``{glue:md}`name```.
+    """
+    from IPython.display import Markdown
+    from myst_nb import glue as _glue
+
+    if isinstance(value, str):
+        value = Markdown(value)
+    elif isinstance(value, (np.bool_, bool)):
+        value = bool(value)
+    elif isinstance(value, np.integer):
+        value = int(value)
+    elif isinstance(value, (np.floating, float)):
+        value = float(value)
+    _glue(name, value, display=False)
 
 
 def read_records(notebook) -> dict:
