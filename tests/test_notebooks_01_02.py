@@ -34,7 +34,8 @@ def test_02_meta_training(run_notebook):
 
     assert rec["params_paper"] == 97_074_852  # the official CLIP model, layer for layer
     assert rec["params_shipped"] == load_checkpoint(shipped_checkpoint())[0].n_parameters()
-    assert rec["params_lite"] < rec["params_shipped"] < rec["params_paper"]
+    # the shipped model reads a 128-d PCA basis, so it is smaller than the default lite config (512-d)
+    assert rec["params_shipped"] < rec["params_lite"] < rec["params_paper"]
     # no positional encoding: permuting the support set changes nothing, changing a response does
     assert rec["permutation_max_difference"] < 1e-4
     assert rec["one_response_change"] > 100 * max(rec["permutation_max_difference"], 1e-7)
