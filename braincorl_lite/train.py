@@ -72,8 +72,9 @@ from .data import SubjectData
 from .errors import ConfigError, NonFiniteError, RunDirError
 from .model import BraInCoRL, ModelConfig, load_checkpoint, pca_feature_transform, save_checkpoint
 
-__all__ = ["SUPERVISIONS", "StageConfig", "TrainConfig", "strip_truth", "measured_prior", "GaussianVoxels", "SubjectVoxels", "train", "default_stages",
-           "population_loss", "query_loss", "fit_gaussian", "read_log", "count_parameters",
+__all__ = ["SUPERVISIONS", "StageConfig", "TrainConfig", "strip_truth", "measured_prior", "GaussianVoxels",
+           "SubjectVoxels", "train", "default_stages", "population_loss", "query_loss", "fit_gaussian", "read_log",
+           "count_parameters",
            "stage_summary"]
 
 
