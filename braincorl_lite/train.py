@@ -397,6 +397,23 @@ _STATE_FORMAT = "braincorl-lite-train-state/1"
 _LEGACY = ("state.json", "optimizer.safetensors")  # the resume state before checkpoint.pt
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc only; elsewhere nothing happens).
+
+    A new K every step makes tensors of ever new sizes; on a CPU, glibc's allocator keeps the
+    freed blocks: a 2,000-step CPU run grew by about 0.2 GB a minute, and calling this by hand on
+    it brought 6 GB back to 2 GB. It runs after every checkpoint.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl without it)
+        pass
+
+
 def _commit(run_dir: Path, state: dict) -> None:
     """Write ``state`` as ``run_dir/checkpoint.pt``: all of it or, after a kill, none of it.
 
@@ -824,6 +841,7 @@ def _train(train_subjects, run_dir: Path, config, device, resume, progress, refe
         if world > 1:
             torch.distributed.barrier()
         saved_at = (stage_idx, step)
+        _release_freed_memory()
 
     t0 = time.perf_counter()
     done, halt, n_stages = 0, False, len(config.stages)
