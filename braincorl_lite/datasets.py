@@ -67,18 +67,11 @@ def _name(dataset) -> str:
 
 def _sim_config(name: str, size):
     """The :class:`~braincorl_lite.simulate.SimConfig` a simulation of ``size`` uses (nothing is simulated)."""
-    from .simulate import B5K_CONFIG, SIZES, SimConfig, _resolve_config
+    from .simulate import SIZES, SimConfig, sim_config
 
     if not isinstance(size, SimConfig) and size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
-    if name == "simnsd":
-        return _resolve_config(size)
-    # mirrors simulate_simb5k
-    if size == "default":
-        return B5K_CONFIG
-    small = _resolve_config(size)
-    return B5K_CONFIG.with_(n_subjects=min(B5K_CONFIG.n_subjects, small.n_subjects), n_unique=small.n_unique,
-                            n_shared=small.n_shared, voxel_fraction=small.voxel_fraction)
+    return sim_config(name, size)
 
 
 def _npz_shape(path: Path, member: str) -> tuple:

@@ -52,6 +52,7 @@ __all__ = [
     "TextEncoder",
     "simulate_simnsd",
     "simulate_simb5k",
+    "sim_config",
     "fsaverage5_mesh",
 ]
 
@@ -716,11 +717,28 @@ def simulate_simnsd(size="default", world_seed: int = 0, subject_seed: int = 0,
     >>> ds[0].features.shape[1]
     512
     """
-    config = _resolve_config(size).with_(**overrides)
+    config = sim_config("simnsd", size).with_(**overrides)
     t0 = time.perf_counter()
     ds = _simulate("SimNSD", config, world_seed, subject_seed, progress)
     ds.generation_seconds = time.perf_counter() - t0
     return ds
+
+
+def sim_config(dataset: str, size="default") -> SimConfig:
+    """The :class:`SimConfig` that ``simulate_<dataset>(size)`` uses, without simulating anything.
+
+    SimB5K keeps its own design (``B5K_CONFIG``); a smaller ``size`` shrinks its subjects, images
+    and voxels the way it shrinks SimNSD's.
+    """
+    if dataset == "simnsd":
+        return _resolve_config(size)
+    if dataset != "simb5k":
+        raise ValueError(f"unknown simulated dataset {dataset!r}: use simnsd or simb5k")
+    if size == "default":
+        return B5K_CONFIG
+    small = _resolve_config(size)
+    return B5K_CONFIG.with_(n_subjects=min(B5K_CONFIG.n_subjects, small.n_subjects), n_unique=small.n_unique,
+                            n_shared=small.n_shared, voxel_fraction=small.voxel_fraction)
 
 
 def simulate_simb5k(size="default", world_seed: int = 0, subject_seed: int = 5000,
@@ -731,12 +749,7 @@ def simulate_simb5k(size="default", world_seed: int = 0, subject_seed: int = 500
     repeats (2) and lower signal-to-noise than SimNSD. Used to test generalisation without
     retraining. ``size`` scales like :func:`simulate_simnsd` (``"fast"``/``"tiny"`` shrink it).
     """
-    base = B5K_CONFIG
-    if size != "default":
-        small = _resolve_config(size)
-        base = base.with_(n_subjects=min(base.n_subjects, small.n_subjects), n_unique=small.n_unique,
-                          n_shared=small.n_shared, voxel_fraction=small.voxel_fraction)
-    config = base.with_(**overrides)
+    config = sim_config("simb5k", size).with_(**overrides)
     t0 = time.perf_counter()
     ds = _simulate("SimB5K", config, world_seed, subject_seed, progress)
     ds.generation_seconds = time.perf_counter() - t0
