@@ -918,6 +918,47 @@ def predict_encoders(model: BraInCoRL, support_x: ArrayLike, support_y: ArrayLik
     return out
 
 
+def fit_braincorl(model: BraInCoRL, X: ArrayLike, Y: ArrayLike, chunk_size: int = 512,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Linear encoders of many voxels from one support set, in one forward pass per chunk.
+
+    The in-context counterpart of :func:`braincorl_lite.baselines.fit_ridge`: same arguments,
+    same orientation, same return values, but no fitting, only inference.
+
+    Parameters
+    ----------
+    model : BraInCoRL
+        A meta-trained model (e.g. from :func:`load_pretrained`).
+    X : array, shape (K, E)
+        Support image embeddings.
+    Y : array, shape (K, n_voxels)
+        Support responses of every voxel to those images.
+    chunk_size : int
+        Voxels per forward pass; bounds memory.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    W : ndarray, shape (E, n_voxels)
+    b : ndarray, shape (n_voxels,)
+        Predicted responses to new images ``X_new`` are ``X_new @ W + b``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> model = BraInCoRL(ModelConfig.lite(n_features=16, d_model=32, n_layers=1))
+    >>> W, b = fit_braincorl(model, np.random.randn(30, 16), np.random.randn(30, 1000))
+    >>> W.shape, b.shape
+    ((16, 1000), (1000,))
+    """
+    Y = np.asarray(Y)
+    if Y.ndim != 2:
+        raise ValueError(f"Y must have shape (K, n_voxels), got {Y.shape}")
+    hw = predict_encoders(model, X, np.ascontiguousarray(Y.T), chunk_size=chunk_size, progress=progress)
+    return np.ascontiguousarray(hw[:, :-1].T), hw[:, -1].copy()
+
+
 def pca_feature_transform(features: ArrayLike, n_components: Optional[int] = None,
                           whiten: bool = False, eps: float = 1e-8):
     """A PCA (optionally whitening) basis for :meth:`BraInCoRL.set_feature_transform`.
@@ -1205,3 +1246,29 @@ def _check_tensors(expected: dict, found: dict, path: Path, side: Path) -> None:
             f"checkpoint {path} does not match the configuration in {side.name}: "
             + "; ".join(problems)
         )
+
+
+PRETRAINED = {
+    "simnsd_lite": "simnsd_lite.safetensors",
+    "simnsd_lite_truth_ablation": "simnsd_lite_truth_ablation.safetensors",
+}
+
+
+def pretrained_path(name: str = "simnsd_lite") -> Path:
+    """Path of a checkpoint that ships with the package (see ``MODEL_CARD.md`` beside it)."""
+    if name not in PRETRAINED:
+        raise CheckpointError(f"unknown pretrained model {name!r}; choose one of {sorted(PRETRAINED)}")
+    return Path(__file__).resolve().parent / "checkpoints" / PRETRAINED[name]
+
+
+def load_pretrained(name: str = "simnsd_lite", device: Optional[Union[str, torch.device]] = None
+                    ) -> BraInCoRL:
+    """A shipped meta-trained model, ready for :func:`fit_braincorl`.
+
+    ``"simnsd_lite"`` is meta-trained on SimNSD's measured responses only;
+    ``"simnsd_lite_truth_ablation"`` is the ablation supervised with SimNSD's true weights.
+    The training metadata is in ``model.metadata``.
+    """
+    model, metadata = load_checkpoint(pretrained_path(name), device=device)
+    model.metadata = metadata
+    return model
