@@ -43,7 +43,7 @@ AFFINE = np.array([[-1.8, 0, 0, 72.0], [0, 1.8, 0, -93.6], [0, 0, 1.8, -55.8], [
 
 
 def _local(name, **params):
-    from braincorl_lite import fetch
+    from braincorl_lite.nsd import fetch
 
     return fetch.get_entry(name, **params).local
 
@@ -75,8 +75,8 @@ def make_tree(root: Path, n_sessions: int, n_voxels: int, seed: int = 0) -> dict
     """Write the NSD-sized test tree; returns a summary."""
     import h5py
 
-    from braincorl_lite.features import save_features
-    from braincorl_lite.nsd import FLOC_FILES
+    from braincorl_lite.nsd.design import FLOC_FILES
+    from braincorl_lite.nsd.features import save_features
 
     rng = np.random.default_rng(seed)
     design = _design(root / _local("nsd.expdesign"), rng)

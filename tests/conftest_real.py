@@ -1,6 +1,7 @@
 """Helpers and fixtures for the real-data tests: tiny files in NSD's exact formats, a local HTTP
-server on 127.0.0.1, and tiny encoders. Test modules import what they need explicitly, e.g.
-``from conftest_real import tiny_nsd, make_nsd_tree``.
+server on 127.0.0.1, and tiny encoders. Loaded as a pytest plugin (``pytest_plugins`` in
+``tests/conftest.py``), so its fixtures need no import; helpers are imported, e.g.
+``from conftest_real import make_nsd_tree``.
 
 Nothing here reaches the network: the only server is a thread serving bytes from memory on the
 loopback interface.
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from braincorl_lite import fetch
-from braincorl_lite.nsd import FLOC_FILES, FLOC_LABELS, TRIALS_PER_SESSION
+from braincorl_lite.nsd import fetch
+from braincorl_lite.nsd.design import FLOC_FILES, FLOC_LABELS, TRIALS_PER_SESSION
 
 SHARED_DESIGN = Path(__file__).resolve().parents[1].parent / "shared" / "nsd_format" / "nsd_expdesign.mat"
 
@@ -234,7 +235,7 @@ def make_nsd_tree(root: Path, subject: int = 1, shape=(6, 7, 5), sessions=(1, 2,
     dropped); ``sign`` alternates +1/-1 percent signal change by trial parity in every session, so
     its z-scored trials are exactly +1/-1.
     """
-    from braincorl_lite.features import save_features
+    from braincorl_lite.nsd.features import save_features
 
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -360,7 +361,7 @@ def tiny_nsd_shared(tmp_path_factory):
 
 # ---------------------------------------------------------------------- encoders
 class FakeEncoder:
-    """A deterministic stand-in for :class:`braincorl_lite.features.ClipEncoder` (no torch).
+    """A deterministic stand-in for :class:`braincorl_lite.nsd.features.ClipEncoder` (no torch).
 
     Embeds an image by simple pixel statistics, normalised to unit length.
     """

@@ -1,4 +1,4 @@
-"""braincorl_lite.features: NSD-format stimulus files and image folders, resumable extraction,
+"""braincorl_lite.nsd.features: NSD-format stimulus files and image folders, resumable extraction,
 feature files, and open_clip loading from local checkpoints (a tiny random config, no download).
 
 Tests marked ``slow`` import open_clip/torch (about 10 s once per session) and run the tiny model.
@@ -12,15 +12,15 @@ import h5py
 import numpy as np
 import pytest
 
-from braincorl_lite import cli_real, fetch
 from braincorl_lite.errors import BraInCoRLError, ConfigError
-from braincorl_lite.features import (
+from braincorl_lite.nsd import cli as cli_real
+from braincorl_lite.nsd import fetch
+from braincorl_lite.nsd.design import subject_image_ids
+from braincorl_lite.nsd.features import (
     FeaturesInputError, OutputLockedError, extract_folder_features, extract_nsd_features, load_clip, load_features,
-    save_features, subject_image_ids,
+    save_features,
 )
-from conftest_real import (  # noqa: F401
-    FakeEncoder, local_server, make_design, make_stimuli_hdf5, tiny_clip_model,
-)
+from conftest_real import FakeEncoder, make_design, make_stimuli_hdf5
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_tiny_clip_images_and_text(tiny_clip_model, stimuli):
     t = enc.encode_text(["a photo of a face", "a photo of a house", "food"])
     assert t.shape == (3, 16)
     np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
-    from braincorl_lite.features import encode_text
+    from braincorl_lite.nsd.features import encode_text
 
     np.testing.assert_allclose(encode_text("food", encoder=enc)[0], t[2], atol=1e-6)
 
@@ -255,7 +255,7 @@ def test_tiny_clip_weights_through_manifest(tiny_clip_model, local_server, tmp_p
     entry = fetch.Entry(name="clip.tiny.test", group="weights", url=local_server.url("/tiny.bin"),
                         local="tiny/test/model.bin", sha256=None, size_bytes=None, licence="test",
                         description="tiny", manifest="clip", cache_subdir="weights",
-                        extra={"open_clip": {"model": tiny_clip_model, "pretrained": "test", "quick_gelu": False}})
+                        open_clip={"model": tiny_clip_model, "pretrained": "test", "quick_gelu": False})
     real = fetch.load_manifests()
     monkeypatch.setattr(fetch, "load_manifests", lambda directory=None: {**real, entry.name: entry})
     monkeypatch.setenv(fetch.ENV_CACHE, str(tmp_path / "cache"))
@@ -337,7 +337,7 @@ def test_weights_file_takes_quick_gelu_from_manifest(tiny_clip_model, tmp_path, 
     entry = fetch.Entry(name="clip.tiny.quick", group="weights", url="https://example.org/tiny.bin",
                         local="tiny/quick/model.bin", sha256=None, size_bytes=None, licence="test",
                         description="tiny", manifest="clip", cache_subdir="weights",
-                        extra={"open_clip": {"model": tiny_clip_model, "pretrained": "quick", "quick_gelu": True}})
+                        open_clip={"model": tiny_clip_model, "pretrained": "quick", "quick_gelu": True})
     real = fetch.load_manifests()
     monkeypatch.setattr(fetch, "load_manifests", lambda directory=None: {**real, entry.name: entry})
 
@@ -361,7 +361,7 @@ def test_weights_file_takes_quick_gelu_from_manifest(tiny_clip_model, tmp_path, 
 
 # ---------------------------------------------------------------------- offline helpers of the book
 def test_sample_photographs_are_rgb_uint8():
-    from braincorl_lite.features import SAMPLE_PHOTOS, sample_photographs
+    from braincorl_lite.nsd.features import SAMPLE_PHOTOS, sample_photographs
 
     photos = sample_photographs()
     assert list(photos) == list(SAMPLE_PHOTOS)
@@ -374,7 +374,7 @@ def test_sample_photographs_are_rgb_uint8():
 
 
 def test_clip_weights_status_without_cache(monkeypatch, tmp_path):
-    from braincorl_lite.features import clip_weights_status
+    from braincorl_lite.nsd.features import clip_weights_status
 
     monkeypatch.setenv(fetch.ENV_CACHE, str(tmp_path / "cache"))
     st = clip_weights_status("ViT-B-32", "openai")
@@ -389,7 +389,7 @@ def test_clip_weights_status_without_cache(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_load_clip_offline_falls_back_to_random(tiny_clip_model, monkeypatch, tmp_path):
-    from braincorl_lite.features import load_clip_offline
+    from braincorl_lite.nsd.features import load_clip_offline
 
     monkeypatch.setenv(fetch.ENV_CACHE, str(tmp_path / "cache"))
     monkeypatch.setattr(fetch, "clip_entry", lambda model, tag, manifests=None: (_ for _ in ()).throw(

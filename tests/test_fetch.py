@@ -1,9 +1,10 @@
-"""braincorl_lite.fetch without the network: a closed port on 127.0.0.1 for the offline case, and
+"""braincorl_lite.nsd.fetch without the network: a closed port on 127.0.0.1 for the offline case, and
 a local HTTP server in a thread for downloads, resuming, retries and hash mismatches."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,8 +15,9 @@ import time
 
 import pytest
 
-from braincorl_lite import cli_real, fetch
-from conftest_real import local_server, make_entry  # noqa: F401
+from braincorl_lite.nsd import cli as cli_real
+from braincorl_lite.nsd import fetch
+from conftest_real import make_entry
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -69,7 +71,7 @@ def test_trust_on_first_use_pin(local_server, cache):
     assert pin["sha256"] == SHA and pin["size"] == len(PAYLOAD) and pin["url"] == entry.url
     assert fetch.locate(entry) == path
     path.write_bytes(b"x" * len(PAYLOAD))  # same size, other content
-    with pytest.raises(fetch.HashMismatchError, match="its pin of"):
+    with pytest.raises(fetch.HashMismatchError, match="its pin of first download"):
         fetch.locate(entry)
     # a changed upstream file is refused too, until the pin is removed on purpose
     path.unlink()
@@ -181,7 +183,7 @@ def test_killed_download_leaves_no_temporary_file(local_server, cache):
     entry = make_entry(local_server.url("/k.bin"), sha256=SHA)
     folder = entry.path(cache).parent
     code = (
-        "from braincorl_lite import fetch\n"
+        "from braincorl_lite.nsd import fetch\n"
         f"e = fetch.Entry(name='test.file', group='design', url={entry.url!r}, local={entry.local!r}, "
         f"sha256={SHA!r}, size_bytes=None, licence='t', description='t', manifest='test', cache_subdir='test')\n"
         "fetch.locate(e, download=True, progressbar=False, retries=0, timeout=60)\n"
@@ -274,7 +276,7 @@ def test_cli_fetch_nsd_downloads_through_manifest(local_server, cache, monkeypat
     for name, e in real.items():
         if e.manifest == "nsd":
             url = local_server.url("/" + e.local)
-            served[name] = fetch.Entry(**{**e.__dict__, "url": url})
+            served[name] = dataclasses.replace(e, url=url)
     monkeypatch.setattr(fetch, "load_manifests", lambda directory=None: {**real, **served})
     for e in fetch.nsd_entries(2, [1, 2], what=("design", "rois", "betas")):
         local_server.files["/" + e.local] = f"content of {e.local}".encode()
@@ -326,4 +328,7 @@ def test_cli_forget_pin(cache, capsys):
     assert fetch.locate(entry) == path  # the new file is pinned now
     args = _parser().parse_args(["fetch", "forget-pin", "nsd.betas_session", "--subject", "1"])
     assert args.func(args) == 1
-    assert "needs --session" in capsys.readouterr().err
+    assert "missing ['session']" in capsys.readouterr().err
+    args = _parser().parse_args(["fetch", "forget-pin", "nsd.nothing"])
+    assert args.func(args) == 1
+    assert "no manifest entry named 'nsd.nothing'" in capsys.readouterr().err

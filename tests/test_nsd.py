@@ -1,4 +1,4 @@
-"""Tests of braincorl_lite.nsd on tiny files in NSD's exact formats (and on NSD's real design)."""
+"""Tests of braincorl_lite.nsd (design, prepare, the prepare-nsd command) on tiny files in NSD's exact formats (and on NSD's real design)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,20 @@ import h5py
 import numpy as np
 import pytest
 
-from braincorl_lite import cli_real, fetch
+from braincorl_lite import cortex
 from braincorl_lite.data import load_subject
-from braincorl_lite.nsd import (
-    NSD_PUBLIC_SESSIONS, NSDFormatError, noise_ceiling_from_ncsnr, parse_sessions, prepare_subject,
-    read_design, voxel_ijk,
+from braincorl_lite.nsd import cli as cli_real
+from braincorl_lite.nsd import fetch
+from braincorl_lite.nsd.design import (
+    FLOC_FILES, FLOC_LABELS, NSD_PUBLIC_SESSIONS, ROI_MAP, NSDFormatError, parse_sessions, read_design,
 )
-from conftest_real import SHARED_DESIGN, tiny_nsd, tiny_nsd_shared, write_betas, write_nifti  # noqa: F401
+from braincorl_lite.metrics import noise_ceiling_from_ncsnr
+from braincorl_lite.nsd.prepare import prepare_subject
+from conftest_real import SHARED_DESIGN, write_betas, write_nifti
+
+
+def voxel_ijk(data):
+    return data.voxel_info["ijk"]
 
 SESSIONS = [1, 2, 3]
 
@@ -59,7 +66,7 @@ def test_prepare_matches_dense_reference(tiny_nsd_shared, prepared):
     data, _ = prepared
     ids, n, avg, nc, ijk = reference(tiny_nsd_shared)
     np.testing.assert_array_equal(data.image_ids, ids)
-    np.testing.assert_array_equal(data.meta["repeats_per_image"], n)
+    np.testing.assert_array_equal(data.image_info["n_repeats"], n)
     np.testing.assert_array_equal(voxel_ijk(data), ijk)
     np.testing.assert_allclose(data.betas, avg, atol=2e-5)
     np.testing.assert_allclose(data.noise_ceiling, nc, atol=1e-5)
@@ -93,7 +100,7 @@ def test_shared_unique_split_and_repeats(tiny_nsd_shared, prepared):
     # the tiny design shows 100 + 50 + 50 shared and 200 + 400 + 400 unique images in sessions 1-3
     assert data.shared_mask.sum() == 200 and (~data.shared_mask).sum() == 1000
     assert data.n_repeats == 3
-    assert sorted(set(data.meta["repeats_per_image"])) == [1, 2, 3]
+    assert sorted(set(data.image_info["n_repeats"].tolist())) == [1, 2, 3]
 
 
 def test_min_repeats_three(tiny_nsd_shared):
@@ -112,7 +119,7 @@ def test_roi_labels(tiny_nsd_shared, prepared):
     sp = tiny_nsd_shared.special
     ijk = [tuple(v) for v in voxel_ijk(data)]
     label = dict(zip(ijk, data.roi))
-    fine = dict(zip(ijk, data.meta["roi_nsd"]))
+    fine = dict(zip(ijk, data.voxel_info["roi_nsd"]))
     assert label[sp["ffa1"]] == "FFA" and fine[sp["ffa1"]] == "FFA-1"
     assert label[sp["ffa2"]] == "FFA" and fine[sp["ffa2"]] == "FFA-2"
     assert label[sp["ofa"]] == "OFA"
@@ -145,20 +152,29 @@ def test_container_fields_and_roundtrip(prepared):
     assert data.subject == "subj01"
     m = data.meta
     assert m["dataset"] == "nsd" and m["subject"] == 1 and m["space"] == "func1pt8mm"
-    assert m["sessions"] == SESSIONS and len(m["voxel_ijk"]) == data.n_voxels
+    assert m["sessions"] == SESSIONS and data.voxel_info["ijk"].shape == (data.n_voxels, 3)
+    assert set(data.voxel_info) == {"ijk", "roi_nsd", "ncsnr"} and set(data.image_info) == {"n_repeats", "coco_id"}
+    assert not {"voxel_ijk", "roi_nsd", "ncsnr", "repeats_per_image", "coco_ids"} & set(m)  # arrays, not JSON lists
     json.dumps(m)  # JSON-serialisable
     np.testing.assert_allclose(np.linalg.norm(data.features, axis=1), 1, atol=1e-5)
     back = load_subject(out)
     np.testing.assert_array_equal(back.betas, data.betas)
     np.testing.assert_array_equal(back.roi, data.roi)
-    assert back.meta["voxel_ijk"] == m["voxel_ijk"]
-    with pytest.raises(ValueError, match="selected"):
-        voxel_ijk(back.select_voxels(np.arange(5)))
+    for name in ("voxel_info", "image_info"):
+        assert set(getattr(back, name)) == set(getattr(data, name))
+        for key, arr in getattr(data, name).items():
+            np.testing.assert_array_equal(getattr(back, name)[key], arr)
+    # per-voxel arrays are sliced with the voxels
+    idx = np.array([4, 0, 2])
+    sel = back.select_voxels(idx)
+    for key, arr in data.voxel_info.items():
+        np.testing.assert_array_equal(sel.voxel_info[key], arr[idx])
+    np.testing.assert_array_equal(sel.image_info["coco_id"], data.image_info["coco_id"])
 
 
 def test_stim_info_cross_check_and_coco_ids(prepared):
     data, _ = prepared
-    assert data.meta["coco_ids"] == (data.image_ids * 7 + 9).tolist()
+    np.testing.assert_array_equal(data.image_info["coco_id"], data.image_ids * 7 + 9)
 
 
 def test_ncsnr_from_nsd_file(tiny_nsd_shared):
@@ -169,7 +185,7 @@ def test_ncsnr_from_nsd_file(tiny_nsd_shared):
     snr = np.asarray(nib.load(str(tiny_nsd_shared.paths["ncsnr"])).dataobj)
     ijk = voxel_ijk(data)
     mine = snr[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-    n = np.asarray(data.meta["repeats_per_image"])
+    n = data.image_info["n_repeats"]
     np.testing.assert_allclose(data.noise_ceiling, mine ** 2 / (mine ** 2 + np.mean(1 / n)), rtol=1e-5)
 
 
@@ -250,9 +266,7 @@ def test_betas_wrong_dataset_name_or_dtype(tiny_nsd):
 
 
 def test_wrong_label_table(tiny_nsd):
-    from braincorl_lite.fetch import get_entry
-
-    ctab = tiny_nsd.root / get_entry("nsd.ctab.floc-faces", subject=1).local
+    ctab = tiny_nsd.root / fetch.get_entry("nsd.ctab.floc-faces", subject=1).local
     ctab.write_text("0 Unknown\n1 FFA-1\n2 OFA\n")
     with pytest.raises(NSDFormatError, match="FLOC_LABELS"):
         prepare_subject(1, tiny_nsd.features, nsd_root=tiny_nsd.root, sessions=[1], verify=False, progress=False)
@@ -294,6 +308,17 @@ def test_parse_sessions():
         parse_sessions("29-31", 4)
     with pytest.raises(ValueError, match="cannot read"):
         parse_sessions("a-b", 1)
+
+
+def test_roi_map_uses_the_cortex_rois():
+    """NSD's fLoc labels map onto the ROIs of braincorl_lite.cortex, each with its file's category."""
+    assert set(ROI_MAP.values()) <= set(cortex.ROIS)
+    for name in FLOC_FILES:
+        category = name.split("-")[1]
+        assert category in cortex.NSD_ROI_CATEGORIES
+        for label in FLOC_LABELS[name].values():
+            if label in ROI_MAP:
+                assert cortex.ROI_CATEGORY[ROI_MAP[label]] == category, label
 
 
 def test_noise_ceiling_formula():
@@ -452,7 +477,7 @@ def test_higher_visual_voxel_set(tiny_nsd_shared, prepared, tmp_path):
     assert sp["label_outside_general"] not in [tuple(v) for v in want]  # fLoc label outside nsdgeneral: out
     assert set(data.roi) == {"FFA", "OFA", "PPA", "EBA", "VWFA", "other"}  # mTL-faces, OWFA are "other"
     # the same voxels, with the same values, as in the nsdgeneral container
-    cols = [full.meta["voxel_ijk"].index(v) for v in want.tolist()]
+    cols = [full.voxel_info["ijk"].tolist().index(v) for v in want.tolist()]
     np.testing.assert_allclose(data.betas, full.betas[:, cols], atol=1e-6)
     np.testing.assert_allclose(data.noise_ceiling, full.noise_ceiling[cols], atol=1e-6)
     vs = data.meta["voxel_set"]

@@ -8,12 +8,11 @@ skipped, and the output must say so.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from braincorl_lite.checkpoint import load_checkpoint
 from braincorl_lite.cli import main
 from braincorl_lite.datasets import dataset_layout, load_dataset
 from conftest_real import make_nsd_tree
@@ -52,7 +51,7 @@ def test_train_then_evaluate_on_prepared_nsd(nsd_data, tmp_path, capsys):
                  "--threads", "1", *TINY_MODEL]) == 0
     out = capsys.readouterr().out
     assert "subj02" in out and "holding out subject(s) [1]" in out
-    meta = json.loads((run / "model.json").read_text())["metadata"]
+    meta = load_checkpoint(run / "model.safetensors")[1]
     assert meta["dataset"] == "nsd" and meta["heldout_subjects"] == [1] and meta["train_subjects"] == ["subj02"]
     assert meta["supervision"] == "measured" and meta["train_config"]["supervision"] == "measured"
 
@@ -79,7 +78,7 @@ def test_train_then_evaluate_on_prepared_nsd(nsd_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--supervision", "truth"], "--supervision truth needs the simulation's ground truth"),
-    (["train", "--heldout-subject", "3"], "--heldout-subject 3: no such subject (the prepared NSD subjects are 1, 2"),
+    (["train", "--heldout-subject", "3"], "--heldout-subject 3: there is no subject 3 in NSD (its subjects are numbered 1, 2"),
     (["train", "--heldout-subject", "1,2"], "leaves no training subject"),
     (["train", "--k-max", "2000"], "use --k-max"),
     (["train", "--components", "64"], "n_components"),
