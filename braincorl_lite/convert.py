@@ -42,39 +42,23 @@ from typing import Mapping, Union
 
 import torch
 
-from .model import BraInCoRL, CheckpointError, ModelConfig
+from .checkpoint import CheckpointError
+from .model import BraInCoRL, ModelConfig
 
 __all__ = ["official_key_map", "infer_official_config", "load_official_model"]
 
-#: official residual-block tensors (prefix-relative) and their names in this package
-_RESIDUAL_BLOCK = {
-    "block.0.weight": "norm.weight",
-    "block.0.bias": "norm.bias",
-    "block.3.weight": "fc1.weight",
-    "block.3.bias": "fc1.bias",
-    "block.4.weight": "hidden_norm.weight",
-    "block.4.bias": "hidden_norm.bias",
-    "block.7.weight": "fc2.weight",
-    "block.7.bias": "fc2.bias",
-    "bypass.weight": "skip.weight",
-    "bypass.bias": "skip.bias",
-}
+def _weight_and_bias(pairs):
+    return {f"{old}.{w}": f"{new}.{w}" for old, new in pairs for w in ("weight", "bias")}
 
+
+#: official residual-block tensors (prefix-relative) and their names in this package
+_RESIDUAL_BLOCK = _weight_and_bias([("block.0", "norm"), ("block.3", "fc1"), ("block.4", "hidden_norm"),
+                                    ("block.7", "fc2"), ("bypass", "skip")])
 #: official transformer-block tensors (prefix-relative) and their names in this package
-_TRANSFORMER_BLOCK = {
-    "layer_norm_1.weight": "attn_norm.weight",
-    "layer_norm_1.bias": "attn_norm.bias",
-    "attn.in_proj_weight": "attn.qkv.weight",
-    "attn.in_proj_bias": "attn.qkv.bias",
-    "attn.out_proj.weight": "attn.out.weight",
-    "attn.out_proj.bias": "attn.out.bias",
-    "layer_norm_2.weight": "ffn_norm.weight",
-    "layer_norm_2.bias": "ffn_norm.bias",
-    "ffn.linear1.weight": "ffn.gate_up.weight",
-    "ffn.linear1.bias": "ffn.gate_up.bias",
-    "ffn.linear2.weight": "ffn.down.weight",
-    "ffn.linear2.bias": "ffn.down.bias",
-}
+_TRANSFORMER_BLOCK = {"attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
+                      **_weight_and_bias([("layer_norm_1", "attn_norm"), ("attn.out_proj", "attn.out"),
+                                          ("layer_norm_2", "ffn_norm"), ("ffn.linear1", "ffn.gate_up"),
+                                          ("ffn.linear2", "ffn.down")])}
 
 #: prefixes that wrappers (DistributedDataParallel, a parent module) put before every key
 _WRAPPER_PREFIXES = ("module.", "model.")
@@ -123,17 +107,13 @@ def _read(source) -> dict:
                 source = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as err:
                 raise CheckpointError(
-                    f"{path} holds Python objects other than tensors, which this package does "
-                    f"not unpickle ({str(err).splitlines()[0]}); if you trust the file, "
-                    f"extract its tensors with torch.load(path, weights_only=False)"
-                    f"['state_dict'] and pass that dict instead"
-                ) from None
+                    f"{path} holds Python objects other than tensors, which this package does not unpickle "
+                    f"({str(err).splitlines()[0]}); if you trust the file, extract its tensors with "
+                    f"torch.load(path, weights_only=False)['state_dict'] and pass that dict instead") from None
             except (OSError, RuntimeError, EOFError) as err:
                 raise CheckpointError(f"{path} could not be read: {err}") from None
     if not isinstance(source, Mapping):
-        raise CheckpointError(
-            f"an official checkpoint must be a dict of tensors, got {type(source).__name__}"
-        )
+        raise CheckpointError(f"an official checkpoint must be a dict of tensors, got {type(source).__name__}")
     # a Lightning checkpoint keeps the tensors under "state_dict", next to training state
     if isinstance(source.get("state_dict"), Mapping):
         source = source["state_dict"]
@@ -148,30 +128,18 @@ def _read(source) -> dict:
 
 
 def _n_layers(state: StateDict) -> int:
-    indices = {int(m.group(1)) for key in state
-               if (m := re.match(r"transformer\.(\d+)\.", key))}
+    """Number of transformer blocks; every official tensor name must be there, and no other."""
+    indices = {int(m.group(1)) for key in state if (m := re.match(r"transformer\.(\d+)\.", key))}
     if not indices:
-        raise CheckpointError(
-            "no official transformer tensors ('transformer.<i>....') found: this is not a "
-            "state dict of the official BraInCoRL model"
-        )
-    return max(indices) + 1
-
-
-def _check_names(state: StateDict, n_layers: int) -> None:
-    expected = official_key_map(n_layers)
-    missing = sorted(set(expected) - set(state))
-    unknown = sorted(set(state) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unknown:
-        problems.append(f"unknown tensors {unknown}")
+        raise CheckpointError("no official transformer tensors ('transformer.<i>....') found: this is not a "
+                              "state dict of the official BraInCoRL model")
+    n_layers, expected = max(indices) + 1, official_key_map(max(indices) + 1)
+    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    problems = ([f"missing tensors {missing}"] if missing else []) + ([f"unknown tensors {unknown}"] if unknown else [])
     if problems:
-        raise CheckpointError(
-            f"not a state dict of the official BraInCoRL model ({n_layers} transformer blocks "
-            f"found): " + "; ".join(problems)
-        )
+        raise CheckpointError(f"not a state dict of the official BraInCoRL model ({n_layers} transformer "
+                              f"blocks found): " + "; ".join(problems))
+    return n_layers
 
 
 def infer_official_config(state_dict: StateDict, n_heads: int = 10,
@@ -189,7 +157,6 @@ def infer_official_config(state_dict: StateDict, n_heads: int = 10,
     """
     state = _read(state_dict)
     n_layers = _n_layers(state)
-    _check_names(state, n_layers)
     try:
         return ModelConfig.paper(
             n_features=state["early_layers.0.block.0.weight"].shape[0] - 1,

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from braincorl_lite.checkpoint import CheckpointError
 from braincorl_lite.convert import infer_official_config, load_official_model, official_key_map
-from braincorl_lite.model import BraInCoRL, CheckpointError, ModelConfig
+from braincorl_lite.model import BraInCoRL, ModelConfig
 
 # tiny official-layout model
 E, D, LAYERS, HEADS, REGISTERS, HIDDEN, FFN = 16, 32, 2, 4, 4, 64, 48
@@ -114,7 +115,7 @@ def episode(B=3, K=20, seed=1):
 
 
 def test_the_table_gives_the_published_parameter_count():
-    from braincorl_lite.train import count_parameters
+    from braincorl_lite.training import count_parameters
 
     shapes = official_shapes(E=512, d=560, n_layers=20, n_registers=4, hidden=1120, ffn=2048)
     n = sum(math.prod(shape) for shape in shapes.values())

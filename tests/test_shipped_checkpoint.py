@@ -2,9 +2,8 @@
 
 import pytest
 
-from braincorl_lite.cli import shipped_checkpoint
+from braincorl_lite.checkpoint import load_checkpoint, pretrained_path
 from braincorl_lite.evaluation import braincorl_method, evaluate_subject, few_shot_methods
-from braincorl_lite.model import load_checkpoint
 from braincorl_lite.simulate import simulate_simnsd
 
 pytestmark = pytest.mark.slow
@@ -12,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def shipped():
-    path = shipped_checkpoint()
+    path = pretrained_path()
     assert path.exists(), f"the shipped checkpoint is missing: {path}"
     return load_checkpoint(path, device="cpu")
 
@@ -21,8 +20,8 @@ def test_card_and_metadata(shipped):
     model, meta = shipped
     assert meta["dataset"] == "simnsd" and meta["subject_seed"] == 0
     assert meta["heldout_subjects"] == [1] and "simnsd-01" not in meta["train_subjects"]
-    assert (shipped_checkpoint().parent / "MODEL_CARD.md").exists()
-    assert shipped_checkpoint().stat().st_size < 20e6
+    assert (pretrained_path().parent / "MODEL_CARD.md").exists()
+    assert pretrained_path().stat().st_size < 20e6
 
 
 def test_beats_ridge_on_an_unseen_subject_seed(shipped):
