@@ -3,18 +3,16 @@
 * :func:`fit_ridge` — voxelwise ridge regression on the same K support images, with the penalty
   chosen per voxel by cross-validation (himalaya). With all of a subject's unique images this is
   the "fully trained" encoder (:func:`fully_trained`).
-* :func:`fit_ridge_paper` — the official BraInCoRL ridge baseline, reproduced: intercept penalised
-  with the weights, 5 sequential folds, best penalty per voxel by mean fold EV, and the average of
-  the fold models as the encoder (no refit).
+* :func:`fit_ridge_paper` — the official BraInCoRL ridge baseline, reproduced.
 * :func:`anatomical_average` — zero-shot: average the encoders of training subjects at the same
   or neighbouring fsaverage vertices.
 * :func:`bayes_oracle` — SimNSD only: the exact posterior mean of a voxel's weights given its
   support set, under the true mixture prior and the true noise. No estimator that sees only the
-  voxel's support set can have a lower expected squared error, so it is the limit a meta-learned
+  voxel's support set has a lower expected squared error: it is the limit a meta-learned
   in-context model can approach.
 
-Every encoder is returned as ``(W, b)`` with ``W`` of shape (n_voxels, n_features) and ``b`` of
-shape (n_voxels,); :func:`predict_linear` turns it into responses.
+Every encoder is ``(W, b)`` with ``W`` of shape (n_voxels, n_features) and ``b`` of shape
+(n_voxels,); :func:`predict_linear` turns it into responses (n_images, n_voxels).
 """
 
 from __future__ import annotations
@@ -23,8 +21,10 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_ALPHAS", "PAPER_ALPHAS", "fit_ridge", "fit_ridge_paper", "fully_trained", "predict_linear", "ridge_closed_form",
-           "anatomical_average", "bayes_oracle"]
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_ALPHAS", "PAPER_ALPHAS", "fit_ridge", "fit_ridge_paper", "fully_trained", "predict_linear",
+           "ridge_closed_form", "anatomical_average", "bayes_oracle"]
 
 #: penalties searched by the cross-validated ridge (features are unit-norm)
 DEFAULT_ALPHAS = np.logspace(-2, 4, 13)
@@ -33,19 +33,13 @@ DEFAULT_ALPHAS = np.logspace(-2, 4, 13)
 PAPER_ALPHAS = 10.0 ** np.arange(-3, 6)
 
 
-def _himalaya_backend():
-    """Use himalaya's torch backend (on CUDA when present): several times faster than numpy."""
-    import torch
-    from himalaya.backend import get_backend, set_backend
-
-    previous = get_backend()
-    name = "torch_cuda" if torch.cuda.is_available() else "torch"
-    set_backend(name, on_error="warn")
-    return previous, set_backend
-
-
 def predict_linear(features: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Responses of linear encoders: ``features @ W.T + b``, shape (n_images, n_voxels)."""
+    """Responses of linear encoders: ``features @ W.T + b``, shape (n_images, n_voxels).
+
+    >>> predict_linear(np.eye(2), np.array([[1.0, 2.0]]), np.array([0.5]))
+    array([[1.5],
+           [2.5]])
+    """
     return np.asarray(features, np.float64) @ np.asarray(W, np.float64).T + np.asarray(b, np.float64)[None, :]
 
 
@@ -54,12 +48,20 @@ def ridge_closed_form(X: np.ndarray, Y: np.ndarray, alpha: float) -> Tuple[np.nd
 
     A reference implementation used to check :func:`fit_ridge`.
     """
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
     xm, ym = X.mean(0), Y.mean(0)
     Xc, Yc = X - xm, Y - ym
     W = np.linalg.solve(Xc.T @ Xc + alpha * np.eye(X.shape[1]), Xc.T @ Yc).T
     return W, ym - W @ xm
+
+
+def _to_numpy(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def _as_2d(X, Y):
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    return X, (Y[:, None] if Y.ndim == 1 else Y)
 
 
 def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = DEFAULT_ALPHAS, cv: int = 5,
@@ -91,36 +93,33 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = DEFAULT_AL
     >>> np.allclose(W, W_true, atol=0.05)
     True
     """
+    from himalaya.backend import get_backend, set_backend
     from himalaya.kernel_ridge import KernelRidgeCV
     from himalaya.ridge import RidgeCV
 
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
-    if Y.ndim == 1:
-        Y = Y[:, None]
+    from ._device import resolve_device
+
+    X, Y = _as_2d(X, Y)
     K = X.shape[0]
     if K < 1:
         raise ValueError("the support set is empty: ridge needs at least one image")
     if K == 1:  # nothing to regress on: the best linear guess is the constant response
-        W = np.zeros((Y.shape[1], X.shape[1]))
-        out = (W, Y[0].copy())
+        out = (np.zeros((Y.shape[1], X.shape[1])), Y[0].copy())
         return out + (np.full(Y.shape[1], np.inf),) if return_alphas else out
     if K < 4:
         alpha = float(np.median(alphas))
         W, b = ridge_closed_form(X, Y, alpha)
         return (W, b, np.full(Y.shape[1], alpha)) if return_alphas else (W, b)
-    previous, set_backend = _himalaya_backend()
+    # himalaya's torch backend (on CUDA when present) is several times faster than numpy
+    previous = get_backend()
+    set_backend("torch_cuda" if resolve_device("auto") == "cuda" else "torch", on_error="warn")
     try:
-        if K < X.shape[1]:
-            # fewer images than features: the kernel (dual) form is the same ridge, and cheaper
+        if K < X.shape[1]:  # fewer images than features: the kernel (dual) form is the same ridge, and cheaper
             model = KernelRidgeCV(alphas=np.asarray(alphas, float), cv=min(cv, K), kernel="linear",
                                   fit_intercept=True)
             model.fit(X, Y)
-            dual = _to_numpy(model.dual_coef_).astype(np.float64)
-            W = (X - X.mean(0)).T @ dual
-            W = W.T
-        else:
-            # batching the targets keeps the working set in cache: ~2x faster on CPU
+            W = ((X - X.mean(0)).T @ _to_numpy(model.dual_coef_).astype(np.float64)).T
+        else:  # batching the targets keeps the working set in cache: ~2x faster on CPU
             model = RidgeCV(alphas=np.asarray(alphas, float), cv=min(cv, K), fit_intercept=True,
                             solver_params=dict(n_targets_batch=512, n_targets_batch_refit=512))
             model.fit(X.astype(np.float32), Y.astype(np.float32))
@@ -132,67 +131,41 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = DEFAULT_AL
     return (W, b, best) if return_alphas else (W, b)
 
 
-def _paper_folds(K: int, n_folds: int):
-    """Test-index ranges of the sequential folds of the official baseline.
-
-    Fold ``f`` holds out images ``[f * s, (f + 1) * s)`` with ``s = K // n_folds``; the last
-    ``K % n_folds`` images are never held out (they are in every training split), as in the
-    official code.
-    """
-    size = K // n_folds
-    return [(f * size, (f + 1) * size) for f in range(n_folds)]
-
-
 def _spectral_ridge(A: np.ndarray, Y: np.ndarray):
-    """Eigen-decomposition of one design for ridge at any penalty, serving every voxel at once.
+    """One eigen-decomposition of a design that serves ridge at every penalty and every voxel.
 
-    Returns ``(V, d, Z)`` such that the ridge solution of ``A theta = Y`` at penalty ``lam``
-    (every column of ``theta`` penalised) is ``V @ (Z / (d + lam)[:, None])``:
-    ``V`` (P, r) orthonormal, ``d`` (r,) eigenvalues of ``A^T A`` and ``Z = V^T A^T Y`` (r, n_voxels).
-    With fewer rows than columns the kernel (dual) matrix ``A A^T`` is decomposed instead, so the
-    cost is ``min(n, P)`` cubed; directions of zero eigenvalue carry no signal and are dropped.
+    Returns ``(V, d, Z)``: the ridge solution of ``A theta = Y`` at penalty ``lam`` (every
+    column penalised) is ``V @ (Z / (d + lam)[:, None])``. With fewer rows than columns the
+    kernel matrix ``A A^T`` is decomposed instead (cost ``min(n, P)`` cubed); directions of
+    zero eigenvalue carry no signal and are dropped.
     """
     n, P = A.shape
     if n >= P:  # primal: Gram matrix of the features
         d, V = np.linalg.eigh(A.T @ A)
         d = np.clip(d, 0.0, None)
-        Z = V.T @ (A.T @ Y)
-    else:  # dual: kernel matrix of the images
-        d, U = np.linalg.eigh(A @ A.T)
-        keep = d > max(d.max(), 0.0) * n * np.finfo(float).eps
-        d, U = d[keep], U[:, keep]
-        s = np.sqrt(d)
-        V = (A.T @ U) / s[None, :]
-        Z = s[:, None] * (U.T @ Y)
-    return V, d, Z
+        return V, d, V.T @ (A.T @ Y)
+    d, U = np.linalg.eigh(A @ A.T)  # dual: kernel matrix of the images
+    keep = d > max(d.max(), 0.0) * n * np.finfo(float).eps
+    d, U = d[keep], U[:, keep]
+    s = np.sqrt(d)
+    return (A.T @ U) / s[None, :], d, s[:, None] * (U.T @ Y)
 
 
 def fit_ridge_paper(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = PAPER_ALPHAS, n_folds: int = 5,
                     return_alphas: bool = False):
-    """Voxelwise ridge exactly as the official BraInCoRL baseline fits it.
+    """Voxelwise ridge exactly as the official BraInCoRL baseline (``ridge_fast_brainwise``) fits it.
 
-    The protocol of the official code (``ridge_fast_brainwise``):
+    * a column of ones is appended to ``X`` and penalised with the weights (the intercept is
+      shrunk too, unlike :func:`fit_ridge`);
+    * ``n_folds`` *sequential* folds: fold ``f`` holds out images ``[f * s, (f + 1) * s)``,
+      ``s = K // n_folds`` (no shuffling; the last ``K % n_folds`` images always train);
+    * per voxel, the penalty with the best held-out explained variance averaged over folds
+      (ties go to the first penalty in ``alphas``);
+    * the encoder is the **mean of the fold models** at that penalty (no refit).
 
-    * a column of ones is appended to ``X`` and penalised together with the weights (the
-      intercept is shrunk too, unlike :func:`fit_ridge`);
-    * ``n_folds`` = 5 *sequential* folds: fold ``f`` holds out the contiguous block of images
-      ``[f * s, (f + 1) * s)``, ``s = K // n_folds`` (no shuffling, so the order of the rows
-      matters; the last ``K % n_folds`` images are always in the training split);
-    * for each voxel, the penalty in ``alphas`` (1e-3 ... 1e5) with the best explained variance
-      on the held-out fold, averaged over folds (ties go to the first penalty in ``alphas``);
-    * the encoder is the **mean of the fold models** fitted with that voxel's penalty; there is
-      no refit on all K images.
-
-    One eigen-decomposition per fold serves every penalty and every voxel (the dual, kernel
-    form when the training split has fewer images than features), so the cost hardly depends on
-    the number of voxels.
-
-    Small support sets: every held-out fold needs at least 2 images for an explained variance,
-    so with ``K < 2 * n_folds`` the number of folds drops to ``K // 2`` (e.g. 4 folds of 2
-    images for K = 9). With ``K < 4`` there are not 2 such folds: no cross-validation is done
-    and the ridge is fitted once on all K images at the median penalty of ``alphas``. A fold
-    whose held-out responses are constant has no explained variance and is left out of that
-    voxel's mean.
+    Each held-out fold needs 2 images, so with ``K < 2 * n_folds`` there are ``K // 2`` folds;
+    with ``K < 4`` one fit on all images at the median penalty. A fold whose held-out responses
+    are constant is left out of that voxel's mean.
 
     Parameters
     ----------
@@ -209,9 +182,7 @@ def fit_ridge_paper(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = PAPE
 
     Returns
     -------
-    W : ndarray (n_voxels, n_features)
-    b : ndarray (n_voxels,)
-    best_alphas : ndarray (n_voxels,), only if ``return_alphas``
+    W : ndarray (n_voxels, n_features), b : ndarray (n_voxels,), best_alphas (if ``return_alphas``)
 
     Examples
     --------
@@ -221,12 +192,7 @@ def fit_ridge_paper(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = PAPE
     >>> bool(np.allclose(W, W_true, atol=1e-3) and np.allclose(b, 1.0, atol=1e-3))
     True
     """
-    from .errors import ConfigError
-
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
-    if Y.ndim == 1:
-        Y = Y[:, None]
+    X, Y = _as_2d(X, Y)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ConfigError(f"X must be (K, n_features) and Y (K, n_voxels) with the same K, got {X.shape} and {Y.shape}")
     alphas = np.asarray(alphas, np.float64).reshape(-1)
@@ -234,51 +200,37 @@ def fit_ridge_paper(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = PAPE
         raise ConfigError(f"the penalties must be positive and finite, got {alphas.tolist()}")
     if int(n_folds) < 2:
         raise ConfigError(f"n_folds must be at least 2, got {n_folds}")
-    K, E = X.shape
+    (K, E), nv = X.shape, Y.shape[1]
     if K < 1:
         raise ConfigError("the support set is empty: ridge needs at least one image")
     A = np.hstack([X, np.ones((K, 1))])
-    nv = Y.shape[1]
-    folds_n = min(int(n_folds), K // 2)
-    if folds_n < 2:  # K < 4: no cross-validation possible, one fit at the median penalty
+    n_folds = min(int(n_folds), K // 2)
+    if n_folds < 2:  # K < 4: no cross-validation possible, one fit at the median penalty
         alpha = float(np.median(alphas))
         V, d, Z = _spectral_ridge(A, Y)
         theta = V @ (Z / (d + alpha)[:, None])
-        W, b = theta[:E].T, theta[E].copy()
-        return (W, b, np.full(nv, alpha)) if return_alphas else (W, b)
-    folds = _paper_folds(K, folds_n)
-    score = np.zeros((len(alphas), nv))
-    count = np.zeros((len(alphas), nv))
+        return (theta[:E].T, theta[E].copy()) + ((np.full(nv, alpha),) if return_alphas else ())
+    size = K // n_folds
+    score, count = np.zeros((len(alphas), nv)), np.zeros((len(alphas), nv))
     fits = []
-    for lo, hi in folds:
+    for lo, hi in [(f * size, (f + 1) * size) for f in range(n_folds)]:
         train = np.r_[0:lo, hi:K]
         V, d, Z = _spectral_ridge(A[train], Y[train])
         fits.append((V, d, Z))
-        y_te = Y[lo:hi]
-        P_te = A[lo:hi] @ V  # (n_test, r)
+        y_te, P_te = Y[lo:hi], A[lo:hi] @ V
         var_y = y_te.var(axis=0)
         ok = var_y > 0
         for j, lam in enumerate(alphas):
-            resid = y_te - P_te @ (Z / (d + lam)[:, None])
             with np.errstate(divide="ignore", invalid="ignore"):
-                ev = 1.0 - resid.var(axis=0) / var_y
+                ev = 1.0 - (y_te - P_te @ (Z / (d + lam)[:, None])).var(axis=0) / var_y
             score[j] += np.where(ok, ev, 0.0)
             count[j] += ok
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_ev = np.where(count > 0, score / count, -np.inf)
-    mean_ev = np.where(np.isnan(mean_ev), -np.inf, mean_ev)
-    best = np.argmax(mean_ev, axis=0)  # first maximum: the smallest penalty on ties (in order given)
-    lam_v = alphas[best]
-    theta = np.zeros((E + 1, nv))
-    for V, d, Z in fits:
-        theta += V @ (Z / (d[:, None] + lam_v[None, :]))
-    theta /= len(fits)
+    lam_v = alphas[np.argmax(np.where(np.isnan(mean_ev), -np.inf, mean_ev), axis=0)]  # first maximum on ties
+    theta = sum(V @ (Z / (d[:, None] + lam_v[None, :])) for V, d, Z in fits) / len(fits)
     W, b = theta[:E].T.copy(), theta[E].copy()
     return (W, b, lam_v) if return_alphas else (W, b)
-
-
-def _to_numpy(a) -> np.ndarray:
-    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
 def fully_trained(data, alphas: Sequence[float] = DEFAULT_ALPHAS, cv: int = 5):
@@ -312,25 +264,21 @@ def anatomical_average(train: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]
     from scipy.spatial import cKDTree
 
     if coords is None:
-        from .simulate import fsaverage5_mesh
+        from .cortex import fsaverage5_mesh
 
         coords = fsaverage5_mesh()[0]
     coords = np.asarray(coords, float).copy()
-    half = len(coords) // 2
-    coords[half:, 0] += 1e4  # keep the hemispheres apart
+    coords[len(coords) // 2:, 0] += 1e4  # keep the hemispheres apart
     target_vertex = np.asarray(target_vertex)
     if np.any(target_vertex < 0):
         raise ValueError("anatomical_average needs surface vertices; volumetric voxels (vertex -1) have none")
-    n_feat = train[0][1].shape[1]
-    W_sum = np.zeros((len(target_vertex), n_feat))
-    b_sum = np.zeros(len(target_vertex))
-    count = np.zeros(len(target_vertex))
+    W_sum = np.zeros((len(target_vertex), train[0][1].shape[1]))
+    b_sum, count = np.zeros(len(target_vertex)), np.zeros(len(target_vertex))
     tpos = coords[target_vertex]
     for vertex, W, b in train:
         tree = cKDTree(coords[np.asarray(vertex)])
-        hits = tree.query_ball_point(tpos, r=radius)
         _, nearest = tree.query(tpos, k=1)
-        for i, h in enumerate(hits):
+        for i, h in enumerate(tree.query_ball_point(tpos, r=radius)):
             h = h if len(h) else [nearest[i]]
             W_sum[i] += W[h].sum(0)
             b_sum[i] += b[h].sum()
@@ -345,18 +293,16 @@ def bayes_oracle(support_x: np.ndarray, support_y: np.ndarray, prior, noise_var:
     Model: ``theta = [w; b] ~ sum_c pi_c N(mu_c, S_c)`` and ``y_i = [x_i, 1] . theta + e_i`` with
     ``e_i ~ N(0, noise_var)`` (known, one value per voxel). The posterior is again a mixture; its
     mean is ``sum_c p(c | data) m_c``, with ``m_c`` the Gaussian posterior mean of component c.
-
-    For each component we whiten with ``S_c = L L^T`` and take one SVD of ``Phi L`` (Phi = [X, 1]),
-    which serves every voxel at once whatever its noise level, so the cost is a few matrix
-    products for thousands of voxels.
+    Whitening with ``S_c = L L^T`` and one SVD of ``Phi L`` (``Phi = [X, 1]``) per component serve
+    every voxel at once, whatever its noise level.
 
     Parameters
     ----------
     support_x : ndarray (K, E)
     support_y : ndarray (K, n_voxels)
     prior : MixturePrior
-        Uses ``prior.means``, ``prior.covs`` and ``prior.weights`` as given (call
-        ``prior.marginal(...)`` first to integrate out subject offsets).
+        Uses ``means``, ``covs`` and ``weights`` as given (call ``prior.marginal(...)`` first to
+        integrate out subject offsets).
     noise_var : ndarray (n_voxels,)
         Variance of each voxel's measurement around ``x . w + b`` (for SimNSD averaged betas:
         ``truth.effective_noise_var(n_repeats)``).
@@ -366,24 +312,17 @@ def bayes_oracle(support_x: np.ndarray, support_y: np.ndarray, prior, noise_var:
     W : ndarray (n_voxels, E), b : ndarray (n_voxels,)
     responsibilities : ndarray (n_voxels, n_components), only if requested
     """
-    X = np.asarray(support_x, np.float64)
-    Y = np.asarray(support_y, np.float64)
-    if Y.ndim == 1:
-        Y = Y[:, None]
+    X, Y = _as_2d(support_x, support_y)
     K, E = X.shape
     if K < 1:
         raise ValueError("the support set is empty")
     nv = np.broadcast_to(np.asarray(noise_var, np.float64), (Y.shape[1],))
     Phi = np.hstack([X, np.ones((K, 1))])
-    P = E + 1
-    C = prior.n_components
-    loglik = np.empty((C, Y.shape[1]))
-    post = np.empty((C, P, Y.shape[1]))
-    for c in range(C):
-        S = prior.covs[c]
-        L = np.linalg.cholesky(S + 1e-12 * np.trace(S) / P * np.eye(P))
-        M = Phi @ L
-        U, s, Vt = np.linalg.svd(M, full_matrices=False)
+    chol = prior.cholesky("covs")
+    loglik = np.empty((prior.n_components, Y.shape[1]))
+    post = np.empty((prior.n_components, E + 1, Y.shape[1]))
+    for c, L in enumerate(chol):
+        U, s, Vt = np.linalg.svd(Phi @ L, full_matrices=False)
         R = Y - (Phi @ prior.means[c])[:, None]
         A = U.T @ R
         denom = s[:, None] ** 2 + nv[None, :]
@@ -394,11 +333,8 @@ def bayes_oracle(support_x: np.ndarray, support_y: np.ndarray, prior, noise_var:
         post[c] = prior.means[c][:, None] + L @ (Vt.T @ (s[:, None] / denom * A))
     with np.errstate(divide="ignore"):
         logp = loglik + np.log(np.asarray(prior.weights))[:, None]
-    logp -= logp.max(0, keepdims=True)
-    resp = np.exp(logp)
+    resp = np.exp(logp - logp.max(0, keepdims=True))
     resp /= resp.sum(0, keepdims=True)
     theta = np.einsum("cv,cpv->vp", resp, post)
     W, b = theta[:, :E], theta[:, E]
-    if return_responsibilities:
-        return W, b, resp.T
-    return W, b
+    return (W, b, resp.T) if return_responsibilities else (W, b)

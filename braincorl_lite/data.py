@@ -17,22 +17,17 @@ Conventions
 
 from __future__ import annotations
 
+import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-__all__ = [
-    "GroundTruth",
-    "SubjectData",
-    "Episode",
-    "EpisodeSampler",
-    "save_subject",
-    "load_subject",
-    "check_support",
-    "SubjectCollection",
-]
+__all__ = ["GroundTruth", "SubjectData", "SubjectCollection", "Episode", "EpisodeSampler", "check_support",
+           "save_subject", "load_subject", "atomic_write"]
 
 #: tolerance on the L2 norm of each feature row
 UNIT_NORM_TOL = 1e-3
@@ -44,19 +39,15 @@ class GroundTruth:
 
     Attributes
     ----------
-    weights : ndarray, shape (n_voxels, n_features)
-        True linear encoding weights of each voxel.
-    bias : ndarray, shape (n_voxels,)
-        True intercept of each voxel.
-    noise_sd : ndarray, shape (n_voxels,)
+    weights : ndarray (n_voxels, n_features)
+        True linear encoding weights; ``bias`` (n_voxels,) the true intercepts.
+    noise_sd : ndarray (n_voxels,)
         Standard deviation of the single-trial measurement noise.
-    component : ndarray of int, shape (n_voxels,)
-        Index of the mixture component (see ``SubjectData.meta["components"]``) the voxel's
-        weights were drawn from.
-    unexplained_sd : ndarray, shape (n_voxels,), optional
-        Standard deviation of the stimulus-driven response that is not linear in the features
-        (repeatable across presentations, so inside the noise ceiling, but out of reach of any
-        linear encoder). Zeros when absent.
+    component : ndarray of int (n_voxels,)
+        Mixture component of each voxel (names in ``SubjectData.meta["components"]``).
+    unexplained_sd : ndarray (n_voxels,), optional
+        Standard deviation of the stimulus-driven response that is not linear in the features:
+        inside the noise ceiling, out of reach of any linear encoder. Zeros when absent.
     """
 
     weights: np.ndarray
@@ -75,7 +66,14 @@ class GroundTruth:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Noise-free responses ``features @ weights.T + bias``, shape (n_images, n_voxels)."""
-        return features @ self.weights.T + self.bias[None, :]
+        from .baselines import predict_linear
+
+        return predict_linear(features, self.weights, self.bias)
+
+    def select(self, idx) -> "GroundTruth":
+        """The ground truth of the voxels ``idx``."""
+        return GroundTruth(self.weights[idx], self.bias[idx], self.noise_sd[idx], self.component[idx],
+                           self.unexplained_sd[idx])
 
 
 @dataclass
@@ -85,30 +83,28 @@ class SubjectData:
     Parameters
     ----------
     subject : str
-        Subject name, e.g. ``"sim-01"`` or ``"subj01"``.
-    features : ndarray, shape (n_images, n_features)
+        Subject name, e.g. ``"simnsd-01"`` or ``"subj01"``.
+    features : ndarray (n_images, n_features)
         Unit-norm image embeddings.
-    betas : ndarray, shape (n_images, n_voxels)
+    betas : ndarray (n_images, n_voxels)
         Responses averaged over ``n_repeats`` presentations.
-    image_ids : ndarray of int, shape (n_images,)
-        Dataset-wide image identifiers (NSD: 0-based index into the 73k images).
-    shared_mask : ndarray of bool, shape (n_images,)
-        True for the images shared by all subjects (the query images).
-    roi : ndarray of str, shape (n_voxels,)
-        ROI label of each voxel (``"other"`` outside the named ROIs).
-    vertex : ndarray of int, shape (n_voxels,)
-        fsaverage5 vertex id (0..10241 left hemisphere, 10242..20483 right), -1 when the voxel
-        is volumetric and has no vertex.
-    noise_ceiling : ndarray, shape (n_voxels,)
-        Noise ceiling of the averaged betas, as a fraction.
+    image_ids, shared_mask : ndarray (n_images,)
+        Dataset-wide image ids (NSD: 0-based index into the 73k images); True for the images
+        shared by all subjects (the query images).
+    roi, vertex, noise_ceiling : ndarray (n_voxels,)
+        ROI label (``"other"`` outside the named ROIs); fsaverage5 vertex id (0..10241 left,
+        10242..20483 right, -1 for a volumetric voxel); noise ceiling as a fraction.
     n_repeats : int
         Number of presentations averaged into each beta.
-    captions : ndarray of str, optional
-        One caption per image (SimNSD; NSD's COCO captions when prepared).
+    captions : ndarray of str (n_images,), optional
+        SimNSD's captions, or NSD's COCO captions when prepared.
     truth : GroundTruth, optional
         Only for simulated data.
     meta : dict
-        Free-form provenance (dataset name, seeds, units). Values must be JSON-serialisable.
+        JSON-serialisable provenance (dataset name, seeds, units).
+    voxel_info, image_info : dict of ndarray, optional
+        Extra arrays with one row per voxel / per image (prepared NSD: voxel ``ijk``, NSD ROI
+        labels, ncsnr; repeats and COCO ids), saved with the container and sliced with it.
     """
 
     subject: str
@@ -123,31 +119,23 @@ class SubjectData:
     captions: Optional[np.ndarray] = None
     truth: Optional[GroundTruth] = None
     meta: dict = field(default_factory=dict)
+    voxel_info: dict = field(default_factory=dict)
+    image_info: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.features = np.asarray(self.features, dtype=np.float32)
-        self.betas = np.asarray(self.betas, dtype=np.float32)
-        self.image_ids = np.asarray(self.image_ids, dtype=np.int64)
-        self.shared_mask = np.asarray(self.shared_mask, dtype=bool)
+        for name, dtype in (("features", np.float32), ("betas", np.float32), ("image_ids", np.int64),
+                            ("shared_mask", bool), ("vertex", np.int64), ("noise_ceiling", np.float32)):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=dtype))
         self.roi = np.asarray(self.roi).astype(str)
-        self.vertex = np.asarray(self.vertex, dtype=np.int64)
-        self.noise_ceiling = np.asarray(self.noise_ceiling, dtype=np.float32)
         if self.captions is not None:
             self.captions = np.asarray(self.captions).astype(str)
+        self.voxel_info = {k: np.asarray(v) for k, v in self.voxel_info.items()}
+        self.image_info = {k: np.asarray(v) for k, v in self.image_info.items()}
         self.validate()
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def n_images(self) -> int:
-        return self.features.shape[0]
-
-    @property
-    def n_voxels(self) -> int:
-        return self.betas.shape[1]
-
-    @property
-    def n_features(self) -> int:
-        return self.features.shape[1]
+    n_images = property(lambda self: self.features.shape[0])
+    n_voxels = property(lambda self: self.betas.shape[1])
+    n_features = property(lambda self: self.features.shape[1])
 
     @property
     def unique_idx(self) -> np.ndarray:
@@ -163,103 +151,71 @@ class SubjectData:
     def roi_names(self) -> list:
         """ROI labels present, in order of first appearance with ``"other"`` last."""
         names = list(dict.fromkeys(self.roi.tolist()))
-        if "other" in names:
-            names.remove("other")
-            names.append("other")
-        return names
+        return [n for n in names if n != "other"] + (["other"] if "other" in names else [])
 
     @property
     def is_simulated(self) -> bool:
         return self.truth is not None or str(self.meta.get("dataset", "")).startswith("sim")
 
-    # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Check shapes, finiteness and unit-norm features; raise ``ValueError`` with a reason."""
-        n_img, n_vox = self.betas.shape if self.betas.ndim == 2 else (None, None)
         if self.features.ndim != 2:
             raise ValueError(f"features must be 2-D (n_images, n_features), got shape {self.features.shape}")
         if self.betas.ndim != 2:
             raise ValueError(f"betas must be 2-D (n_images, n_voxels), got shape {self.betas.shape}")
+        (n_img, n_vox), E = self.betas.shape, self.features.shape[1]
         if self.features.shape[0] != n_img:
-            raise ValueError(
-                f"features have {self.features.shape[0]} images but betas have {n_img}: "
-                "rows of features and betas must be the same images"
-            )
-        for name in ("image_ids", "shared_mask"):
-            arr = getattr(self, name)
-            if arr.shape != (n_img,):
-                raise ValueError(f"{name} must have shape ({n_img},) (one per image), got {arr.shape}")
-        for name in ("roi", "vertex", "noise_ceiling"):
-            arr = getattr(self, name)
-            if arr.shape != (n_vox,):
-                raise ValueError(f"{name} must have shape ({n_vox},) (one per voxel), got {arr.shape}")
-        if self.captions is not None and self.captions.shape != (n_img,):
-            raise ValueError(f"captions must have shape ({n_img},), got {self.captions.shape}")
+            raise ValueError(f"features have {self.features.shape[0]} images but betas have {n_img}: "
+                             "rows of features and betas must be the same images")
+        per_image = {"image_ids": self.image_ids, "shared_mask": self.shared_mask, "captions": self.captions}
+        per_voxel = {"roi": self.roi, "vertex": self.vertex, "noise_ceiling": self.noise_ceiling}
+        if self.truth is not None:
+            per_voxel.update({f"truth.{k}": getattr(self.truth, k)
+                              for k in ("bias", "noise_sd", "component", "unexplained_sd")})
+            if self.truth.weights.shape != (n_vox, E):
+                raise ValueError(f"truth.weights must have shape ({n_vox}, {E}), got {self.truth.weights.shape}")
+        for names, n, what in ((per_image, n_img, "one per image"), (per_voxel, n_vox, "one per voxel")):
+            for name, arr in names.items():
+                if arr is not None and arr.shape != (n,):
+                    raise ValueError(f"{name} must have shape ({n},) ({what}), got {arr.shape}")
+        for name, info, n in (("voxel_info", self.voxel_info, n_vox), ("image_info", self.image_info, n_img)):
+            for key, arr in info.items():
+                if arr.shape[:1] != (n,):
+                    raise ValueError(f"{name}[{key!r}] must have {n} rows, got shape {arr.shape}")
         if len(np.unique(self.image_ids)) != n_img:
             raise ValueError("image_ids contain duplicates: average repeats before building the container")
         if not np.all(np.isfinite(self.features)):
             raise ValueError("features contain NaN or infinite values")
-        bad = ~np.isfinite(self.betas)
-        if bad.any():
-            vox = np.flatnonzero(bad.any(axis=0))
-            raise ValueError(
-                f"betas contain NaN or infinite values in {len(vox)} voxel(s) (first: {vox[:5].tolist()}); "
-                "drop or impute those voxels before building the container"
-            )
+        bad = np.flatnonzero(~np.isfinite(self.betas).all(axis=0))
+        if bad.size:
+            raise ValueError(f"betas contain NaN or infinite values in {bad.size} voxel(s) (first: {bad[:5].tolist()}); "
+                             "drop or impute those voxels before building the container")
         norms = np.linalg.norm(self.features, axis=1)
         off = np.abs(norms - 1.0) > UNIT_NORM_TOL
         if off.any():
-            raise ValueError(
-                f"features must be unit-norm (L2): {off.sum()} of {n_img} rows are not "
-                f"(norms from {norms.min():.4f} to {norms.max():.4f}); divide each row by its norm"
-            )
+            raise ValueError(f"features must be unit-norm (L2): {off.sum()} of {n_img} rows are not "
+                             f"(norms from {norms.min():.4f} to {norms.max():.4f}); divide each row by its norm")
         if not np.all(np.isfinite(self.noise_ceiling)):
             raise ValueError("noise_ceiling contains NaN or infinite values")
         if self.n_repeats < 1:
             raise ValueError(f"n_repeats must be >= 1, got {self.n_repeats}")
-        if self.truth is not None:
-            t = self.truth
-            if t.weights.shape != (n_vox, self.features.shape[1]):
-                raise ValueError(
-                    f"truth.weights must have shape ({n_vox}, {self.features.shape[1]}), got {t.weights.shape}"
-                )
-            for name in ("bias", "noise_sd", "component", "unexplained_sd"):
-                if getattr(t, name).shape != (n_vox,):
-                    raise ValueError(f"truth.{name} must have shape ({n_vox},), got {getattr(t, name).shape}")
 
-    # ------------------------------------------------------------------ helpers
     def select_voxels(self, idx) -> "SubjectData":
         """A new container restricted to the voxels ``idx`` (indices or boolean mask)."""
         idx = np.asarray(idx)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
-        truth = None
-        if self.truth is not None:
-            t = self.truth
-            truth = GroundTruth(t.weights[idx], t.bias[idx], t.noise_sd[idx], t.component[idx],
-                                t.unexplained_sd[idx])
         return SubjectData(
-            subject=self.subject,
-            features=self.features,
-            betas=self.betas[:, idx],
-            image_ids=self.image_ids,
-            shared_mask=self.shared_mask,
-            roi=self.roi[idx],
-            vertex=self.vertex[idx],
-            noise_ceiling=self.noise_ceiling[idx],
-            n_repeats=self.n_repeats,
-            captions=self.captions,
-            truth=truth,
-            meta=dict(self.meta),
-        )
+            subject=self.subject, features=self.features, betas=self.betas[:, idx], image_ids=self.image_ids,
+            shared_mask=self.shared_mask, roi=self.roi[idx], vertex=self.vertex[idx],
+            noise_ceiling=self.noise_ceiling[idx], n_repeats=self.n_repeats, captions=self.captions,
+            truth=None if self.truth is None else self.truth.select(idx), meta=dict(self.meta),
+            voxel_info={k: v[idx] for k, v in self.voxel_info.items()}, image_info=self.image_info)
 
     def __repr__(self) -> str:
         kind = "simulated" if self.is_simulated else "measured"
-        return (
-            f"SubjectData({self.subject!r}, {kind}: {self.n_images} images "
-            f"({self.shared_mask.sum()} shared), {self.n_voxels} voxels, "
-            f"{self.n_features}-d features, ROIs={self.roi_names})"
-        )
+        return (f"SubjectData({self.subject!r}, {kind}: {self.n_images} images ({self.shared_mask.sum()} shared), "
+                f"{self.n_voxels} voxels, {self.n_features}-d features, ROIs={self.roi_names})")
 
 
 class SubjectCollection:
@@ -276,13 +232,12 @@ class SubjectCollection:
     def __iter__(self):
         return iter(self.subjects)
 
-    def summary(self) -> "object":
+    def summary(self):
         """A pandas table: one row per subject (voxels, unique and shared images, mean noise ceiling)."""
         import pandas as pd
 
-        return pd.DataFrame([{"subject": s.subject, "voxels": s.n_voxels,
-                              "unique images": int((~s.shared_mask).sum()),
-                              "shared images": int(s.shared_mask.sum()),
+        return pd.DataFrame([{"subject": s.subject, "voxels": s.n_voxels, "unique images": int(s.unique_idx.size),
+                              "shared images": int(s.shared_idx.size),
                               "mean noise ceiling": float(s.noise_ceiling.mean())} for s in self.subjects])
 
 
@@ -300,41 +255,56 @@ def check_support(support_idx, data: SubjectData) -> np.ndarray:
     if len(np.unique(support_idx)) != support_idx.size:
         raise ValueError("the support set contains the same image twice")
     if data.shared_mask[support_idx].any():
-        raise ValueError(
-            "the support set contains shared images; they are the query set and must stay held out"
-        )
+        raise ValueError("the support set contains shared images; they are the query set and must stay held out")
     return support_idx
 
 
-# ---------------------------------------------------------------------- save / load
+@contextmanager
+def atomic_write(path, suffix: str = ".tmp"):
+    """Write a file all at once or not at all: yield a temporary path next to ``path``, then rename it.
+
+    The rename (``os.replace``) happens only when the ``with`` block succeeds; otherwise the
+    temporary file is removed and ``path`` keeps its old content.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "out.txt"
+    >>> with atomic_write(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text()
+    'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 _ARRAYS = ("features", "betas", "image_ids", "shared_mask", "roi", "vertex", "noise_ceiling")
 _TRUTH = ("weights", "bias", "noise_sd", "component", "unexplained_sd")
 
 
 def save_subject(data: SubjectData, path) -> Path:
-    """Save a container to one compressed ``.npz`` file (no pickle). Returns the path."""
-    import json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save a container to one compressed ``.npz`` file (no pickle, atomic). Returns the path."""
     arrays = {name: getattr(data, name) for name in _ARRAYS}
     if data.captions is not None:
         arrays["captions"] = data.captions
     if data.truth is not None:
-        for name in _TRUTH:
-            arrays[f"truth_{name}"] = getattr(data.truth, name)
+        arrays.update({f"truth_{name}": getattr(data.truth, name) for name in _TRUTH})
+    for name in ("voxel_info", "image_info"):
+        arrays.update({f"{name}__{k}": v for k, v in getattr(data, name).items()})
     header = {"subject": data.subject, "n_repeats": int(data.n_repeats), "meta": data.meta, "format": 1}
     arrays["header_json"] = np.array(json.dumps(header))
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
-    return path
+    with atomic_write(path, ".tmp.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    return Path(path)
 
 
 def load_subject(path) -> SubjectData:
     """Load a container written by :func:`save_subject` (validated on load)."""
-    import json
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no subject file at {path}")
@@ -342,28 +312,22 @@ def load_subject(path) -> SubjectData:
         header = json.loads(str(f["header_json"]))
         kw = {name: f[name] for name in _ARRAYS}
         captions = f["captions"] if "captions" in f.files else None
-        truth = None
-        if "truth_weights" in f.files:
-            truth = GroundTruth(*(f[f"truth_{name}"] for name in _TRUTH))
-    return SubjectData(
-        subject=header["subject"], n_repeats=header["n_repeats"], meta=header["meta"],
-        captions=captions, truth=truth, **kw,
-    )
+        truth = GroundTruth(*(f[f"truth_{name}"] for name in _TRUTH)) if "truth_weights" in f.files else None
+        info = {name: {k.split("__", 1)[1]: f[k] for k in f.files if k.startswith(name + "__")}
+                for name in ("voxel_info", "image_info")}
+    return SubjectData(subject=header["subject"], n_repeats=header["n_repeats"], meta=header["meta"],
+                       captions=captions, truth=truth, **kw, **info)
 
 
-# ---------------------------------------------------------------------- episodes
 @dataclass
 class Episode:
     """A batch of tasks (one task = one voxel) that share the same support and query images.
 
-    Attributes
-    ----------
-    support_x : ndarray (K, E)      support image features
-    support_y : ndarray (B, K)      responses of the B voxels to the support images
-    query_x : ndarray (Q, E)        query image features
-    query_y : ndarray (B, Q)        measured responses to the query images
-    voxels : ndarray (B,)           voxel indices into the subject
-    support_idx, query_idx : ndarray  image row indices into the subject
+    Responses are stored task-first, the way the model reads a batch of tasks.
+
+    ``support_x`` (K, E) and ``query_x`` (Q, E) are image features; ``support_y`` (B, K) and
+    ``query_y`` (B, Q) the responses of the B voxels ``voxels``; ``support_idx`` and
+    ``query_idx`` the image rows in the subject.
     """
 
     support_x: np.ndarray
@@ -411,7 +375,7 @@ class EpisodeSampler:
     def sample(self, k: int, n_voxels: Optional[int] = None, n_query: Optional[int] = None,
                voxels=None) -> Episode:
         """One episode with ``k`` support images and ``n_voxels`` random voxels (all if None)."""
-        d = self.data
+        d, rng = self.data, self.rng
         if k < 1:
             raise ValueError("the support set is empty: k must be >= 1")
         pool = d.unique_idx
@@ -419,30 +383,20 @@ class EpisodeSampler:
             need = k + (n_query or 1)
             if need > pool.size:
                 raise ValueError(f"k + n_query = {need} exceeds the {pool.size} unique images")
-            perm = self.rng.permutation(pool)
-            support = np.sort(perm[:k])
-            qpool = perm[k:]
+            perm = rng.permutation(pool)
+            support, qpool = np.sort(perm[:k]), perm[k:]
         else:
             if k > pool.size:
                 raise ValueError(f"k = {k} exceeds the {pool.size} unique images of {d.subject}")
-            support = np.sort(self.rng.choice(pool, size=k, replace=False))
-            qpool = d.shared_idx
+            support, qpool = np.sort(rng.choice(pool, size=k, replace=False)), d.shared_idx
         if n_query is None or n_query >= qpool.size:
             query = np.sort(qpool)
         else:
-            query = np.sort(self.rng.choice(qpool, size=n_query, replace=False))
+            query = np.sort(rng.choice(qpool, size=n_query, replace=False))
         if voxels is None:
-            if n_voxels is None or n_voxels >= d.n_voxels:
-                voxels = np.arange(d.n_voxels)
-            else:
-                voxels = self.rng.choice(d.n_voxels, size=n_voxels, replace=False)
+            voxels = (np.arange(d.n_voxels) if n_voxels is None or n_voxels >= d.n_voxels
+                      else rng.choice(d.n_voxels, size=n_voxels, replace=False))
         voxels = np.asarray(voxels)
-        return Episode(
-            support_x=d.features[support],
-            support_y=d.betas[support][:, voxels].T.copy(),
-            query_x=d.features[query],
-            query_y=d.betas[query][:, voxels].T.copy(),
-            voxels=voxels,
-            support_idx=support,
-            query_idx=query,
-        )
+        return Episode(support_x=d.features[support], support_y=d.betas[support][:, voxels].T.copy(),
+                       query_x=d.features[query], query_y=d.betas[query][:, voxels].T.copy(), voxels=voxels,
+                       support_idx=support, query_idx=query)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import numpy as np
+
 from .data import SubjectCollection, SubjectData, load_subject
 from .errors import BraInCoRLError, ConfigError
 
@@ -22,6 +24,7 @@ __all__ = ["DATASETS", "RealDataset", "DatasetLayout", "DatasetNotFoundError", "
 
 #: names accepted by :func:`load_dataset`
 DATASETS = ("simnsd", "simb5k", "nsd")
+_LABELS = {"simnsd": "SimNSD", "simb5k": "SimB5K", "nsd": "NSD"}
 
 #: SimB5K draws its people with subject seed ``SIMB5K_SEED_OFFSET + seed`` (its own default, so
 #: that ``seed=0`` never reproduces SimNSD's training people)
@@ -65,38 +68,16 @@ def _name(dataset) -> str:
     return name
 
 
-def _sim_config(name: str, size):
-    """The :class:`~braincorl_lite.simulate.SimConfig` a simulation of ``size`` uses (nothing is simulated)."""
-    from .simulate import SIZES, SimConfig, sim_config
-
-    if not isinstance(size, SimConfig) and size not in SIZES:
-        raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
-    return sim_config(name, size)
-
-
-def _npz_shape(path: Path, member: str) -> tuple:
-    """Shape of one array of a (compressed) ``.npz`` file, read from its header only."""
-    import zipfile
-
-    import numpy as np
-
-    with zipfile.ZipFile(path) as z, z.open(member + ".npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return tuple(read(fh)[0])
-
-
-def _prepared_numbers(folder: Path, subjects=None) -> List[int]:
+def _prepared_paths(data_dir, subjects) -> tuple:
+    """NSD subject numbers and their prepared container files; ``DatasetNotFoundError`` if any is missing."""
+    folder = prepared_dir(data_dir)
     if subjects is None:
-        found = sorted(folder.glob("subj[0-9][0-9].npz"))
-        return [int(re.search(r"(\d\d)", p.name).group(1)) for p in found]
-    try:
-        return [int(s) for s in subjects]
-    except (TypeError, ValueError):
-        raise ConfigError(f"NSD subjects are numbers 1-8, got {subjects!r}") from None
-
-
-def _prepared_paths(folder: Path, numbers: Sequence[int]) -> List[Path]:
+        numbers = [int(re.search(r"(\d\d)", p.name).group(1)) for p in sorted(folder.glob("subj[0-9][0-9].npz"))]
+    else:
+        try:
+            numbers = [int(s) for s in subjects]
+        except (TypeError, ValueError):
+            raise ConfigError(f"NSD subjects are numbers 1-8, got {subjects!r}") from None
     paths = [folder / f"subj{n:02d}.npz" for n in numbers]
     missing = [p for p in paths if not p.exists()]
     if not paths or missing:
@@ -105,26 +86,26 @@ def _prepared_paths(folder: Path, numbers: Sequence[int]) -> List[Path]:
             f"prepared NSD data not found ({what}). Prepare them with `braincorl-lite prepare-nsd` "
             "(see the book's 'Running on real NSD' page) or set BRAINCORL_DATA to their root; "
             "use dataset='simnsd' to run on the simulation.")
-    return paths
+    return numbers, paths
+
+
+def _npz_shape(path: Path, member: str) -> tuple:
+    """Shape of one array of a (compressed) ``.npz`` file, read from its header only."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z, z.open(member + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(read(fh)[0])
 
 
 @dataclass(frozen=True)
 class DatasetLayout:
     """What a dataset will hold, known without simulating or loading it (see :func:`dataset_layout`).
 
-    Attributes
-    ----------
-    name : str
-        ``"simnsd"``, ``"simb5k"`` or ``"nsd"``.
-    numbers : tuple of int
-        Subject numbers as the command line and NSD count them (1-based); ``dataset[i]`` is
-        subject ``numbers[i]``.
-    n_unique, n_shared : tuple of int
-        Unique (support) and shared (query) images of each subject.
-    n_features : int
-        Image embedding size.
-    simulated : bool
-        Whether the subjects carry ground truth (simulations only).
+    ``numbers`` are the subject numbers as the command line and NSD count them (1-based):
+    ``dataset[i]`` is subject ``numbers[i]``. ``n_unique`` and ``n_shared`` give each subject's
+    unique (support) and shared (query) images; ``simulated`` says whether there is ground truth.
     """
 
     name: str
@@ -136,7 +117,7 @@ class DatasetLayout:
 
     @property
     def label(self) -> str:
-        return {"simnsd": "SimNSD", "simb5k": "SimB5K", "nsd": "NSD"}[self.name]
+        return _LABELS[self.name]
 
     def position(self, number: int) -> int:
         """0-based position in the dataset of subject ``number`` (1-based); ``ConfigError`` if absent."""
@@ -161,21 +142,15 @@ def dataset_layout(dataset: str = "simnsd", size: str = "default", subjects: Opt
     >>> layout.numbers, layout.n_unique[0], layout.n_features
     ((1, 2, 3), 300, 512)
     """
-    import numpy as np
-
     name = _name(dataset)
     if name != "nsd":
-        import inspect
+        from .simulate import N_FEATURES, sim_config
 
-        from .simulate import World
-
-        config = _sim_config(name, size).with_(**overrides)
+        config = sim_config(name, size).with_(**overrides)
         n = config.n_subjects
         return DatasetLayout(name, tuple(range(1, n + 1)), (config.n_unique,) * n, (config.n_shared,) * n,
-                             int(inspect.signature(World).parameters["n_features"].default), True)
-    folder = prepared_dir(data_dir)
-    numbers = _prepared_numbers(folder, subjects)
-    paths = _prepared_paths(folder, numbers)
+                             N_FEATURES, True)
+    numbers, paths = _prepared_paths(data_dir, subjects)
     n_unique, n_shared, n_features = [], [], set()
     for p in paths:
         try:
@@ -188,8 +163,8 @@ def dataset_layout(dataset: str = "simnsd", size: str = "default", subjects: Opt
         n_unique.append(int((~shared).sum()))
         n_shared.append(int(shared.sum()))
     if len(n_features) > 1:
-        raise ConfigError(f"the prepared subjects in {folder} have different feature sizes {sorted(n_features)}: "
-                          "prepare them with the same features")
+        raise ConfigError(f"the prepared subjects in {prepared_dir(data_dir)} have different feature sizes "
+                          f"{sorted(n_features)}: prepare them with the same features")
     return DatasetLayout(name, tuple(numbers), tuple(n_unique), tuple(n_shared), n_features.pop(), False)
 
 
@@ -207,8 +182,7 @@ def load_dataset(dataset: str = "simnsd", size: str = "default", seed: int = 0,
         Size of a simulated dataset (ignored for NSD).
     seed : int
         Subject seed of a simulation: new seeds give new people in the same stimulus world
-        (SimB5K adds 5000 to it, its own default, so its people never repeat SimNSD's). Ignored
-        for NSD.
+        (SimB5K adds 5000 to it, so its people never repeat SimNSD's). Ignored for NSD.
     subjects : sequence of int, optional
         1-based NSD subject numbers to load; by default every prepared subject found.
     data_dir : path, optional
@@ -233,18 +207,17 @@ def load_dataset(dataset: str = "simnsd", size: str = "default", seed: int = 0,
     ('SimNSD', 3)
     """
     name = _name(dataset)
-    if name in ("simnsd", "simb5k"):
-        from .simulate import simulate_simb5k, simulate_simnsd
+    if name == "nsd":
+        numbers, paths = _prepared_paths(data_dir, subjects)
+        return RealDataset(name="NSD", subjects=[load_subject(p) for p in paths], paths=paths, numbers=numbers)
+    from . import simulate
 
-        _sim_config(name, size)  # an unknown size fails here, before anything is simulated
-        simulate = simulate_simnsd if name == "simnsd" else simulate_simb5k
-        subject_seed = int(seed) if name == "simnsd" else SIMB5K_SEED_OFFSET + int(seed)
-        return simulate(size, world_seed=int(world_seed), subject_seed=subject_seed, progress=progress,
-                        **overrides)
-    folder = prepared_dir(data_dir)
-    numbers = _prepared_numbers(folder, subjects)
-    paths = _prepared_paths(folder, numbers)
-    return RealDataset(name="NSD", subjects=[load_subject(p) for p in paths], paths=paths, numbers=numbers)
+    simulate.sim_config(name, size)  # an unknown size fails here, before anything is simulated
+    if name == "simnsd":
+        return simulate.simulate_simnsd(size, world_seed=int(world_seed), subject_seed=int(seed),
+                                        progress=progress, **overrides)
+    return simulate.simulate_simb5k(size, world_seed=int(world_seed), subject_seed=SIMB5K_SEED_OFFSET + int(seed),
+                                    progress=progress, **overrides)
 
 
 def dataset_label(data) -> str:
@@ -255,10 +228,9 @@ def dataset_label(data) -> str:
     >>> dataset_label(load_dataset("simnsd", size="tiny"))
     'SimNSD (simulated data, not NSD)'
     """
-    subjects = list(data) if not isinstance(data, SubjectData) else [data]
-    name = getattr(data, "name", None) or subjects[0].meta.get("dataset", "data")
+    subjects = [data] if isinstance(data, SubjectData) else list(data)
+    name = str(getattr(data, "name", None) or subjects[0].meta.get("dataset", "data"))
     if any(s.is_simulated for s in subjects):
-        real = {"simnsd": "NSD", "simb5k": "BOLD5000"}.get(str(name).lower(), "real data")
-        pretty = {"simnsd": "SimNSD", "simb5k": "SimB5K"}.get(str(name).lower(), str(name))
-        return f"{pretty} (simulated data, not {real})"
-    return str(name)
+        real = {"simnsd": "NSD", "simb5k": "BOLD5000"}.get(name.lower(), "real data")
+        return f"{_LABELS.get(name.lower(), name)} (simulated data, not {real})"
+    return name

@@ -9,15 +9,24 @@ from typing import Dict, Optional
 
 import numpy as np
 
-__all__ = ["explained_variance", "pearson_r", "noise_ceiling_from_repeats", "ncsnr_from_repeats",
-           "roi_summary"]
+__all__ = ["explained_variance", "pearson_r", "ncsnr_from_repeats", "noise_ceiling_from_ncsnr",
+           "noise_ceiling_from_repeats", "roi_summary"]
+
+
+def _pair(y, y_hat):
+    y, y_hat = np.asarray(y, dtype=np.float64), np.asarray(y_hat, dtype=np.float64)
+    if y.shape != y_hat.shape:
+        raise ValueError(f"y and y_hat must have the same shape, got {y.shape} and {y_hat.shape}")
+    return y, y_hat
 
 
 def explained_variance(y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
     """Voxelwise explained variance ``EV = 1 - Var(y - y_hat) / Var(y)``, as in the paper.
 
     Variances are taken over images (axis 0), so a constant offset in ``y_hat`` is not
-    penalised. EV can be negative when the prediction is worse than a constant.
+    penalised; this is sklearn's ``explained_variance_score(..., multioutput="raw_values")``,
+    except that a constant voxel gets NaN. EV can be negative when the prediction is worse
+    than a constant.
 
     Parameters
     ----------
@@ -34,27 +43,19 @@ def explained_variance(y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
     >>> float(explained_variance(y, y)[0])
     1.0
     """
-    y = np.asarray(y, dtype=np.float64)
-    y_hat = np.asarray(y_hat, dtype=np.float64)
-    if y.shape != y_hat.shape:
-        raise ValueError(f"y and y_hat must have the same shape, got {y.shape} and {y_hat.shape}")
+    y, y_hat = _pair(y, y_hat)
     if y.shape[0] < 2:
         raise ValueError("explained variance needs at least 2 images")
     var_y = y.var(axis=0)
-    var_res = (y - y_hat).var(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ev = 1.0 - var_res / var_y
+        ev = 1.0 - (y - y_hat).var(axis=0) / var_y
     return np.where(var_y > 0, ev, np.nan)
 
 
 def pearson_r(y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
     """Voxelwise Pearson correlation between measured and predicted responses (over images)."""
-    y = np.asarray(y, dtype=np.float64)
-    y_hat = np.asarray(y_hat, dtype=np.float64)
-    if y.shape != y_hat.shape:
-        raise ValueError(f"y and y_hat must have the same shape, got {y.shape} and {y_hat.shape}")
-    yc = y - y.mean(axis=0)
-    pc = y_hat - y_hat.mean(axis=0)
+    y, y_hat = _pair(y, y_hat)
+    yc, pc = y - y.mean(axis=0), y_hat - y_hat.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (yc * pc).sum(axis=0) / np.sqrt((yc ** 2).sum(axis=0) * (pc ** 2).sum(axis=0))
 
@@ -62,17 +63,10 @@ def pearson_r(y: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
 def ncsnr_from_repeats(repeats: np.ndarray) -> np.ndarray:
     """NSD's noise-ceiling signal-to-noise ratio from repeated presentations.
 
-    Parameters
-    ----------
-    repeats : ndarray, shape (n_repeats, n_images, n_voxels)
-        Single-trial responses, the same images in each repeat.
-
-    Returns
-    -------
-    ndarray (n_voxels,)
-        ``ncsnr = sd_signal / sd_noise``, where the noise variance is the mean over images of
-        the variance across repeats, and the signal variance is the total variance minus the
-        noise variance (clipped at zero), as in Allen et al. (2022).
+    ``repeats`` (n_repeats, n_images, n_voxels) holds single-trial responses, the same images in
+    each repeat. Returns ``ncsnr = sd_signal / sd_noise`` per voxel: the noise variance is the mean
+    over images of the variance across repeats, the signal variance the total variance minus the
+    noise variance (clipped at zero), as in Allen et al. (2022).
     """
     repeats = np.asarray(repeats, dtype=np.float64)
     if repeats.ndim != 3 or repeats.shape[0] < 2:
@@ -84,20 +78,44 @@ def ncsnr_from_repeats(repeats: np.ndarray) -> np.ndarray:
         return np.where(noise_var > 0, np.sqrt(signal_var / noise_var), 0.0)
 
 
-def noise_ceiling_from_repeats(repeats: np.ndarray, n_average: Optional[int] = None) -> np.ndarray:
-    """Noise ceiling (fraction of variance) of responses averaged over ``n_average`` repeats.
+def noise_ceiling_from_ncsnr(ncsnr: np.ndarray, n_per_image) -> np.ndarray:
+    """Noise ceiling (fraction of variance) of betas averaged over repeats, from NSD's ncsnr.
 
-    ``NC = ncsnr^2 / (ncsnr^2 + 1 / n_average)``; NSD reports ``100 * NC``. By default
-    ``n_average`` is the number of repeats given.
+    ``nc = ncsnr**2 / (ncsnr**2 + mean(1 / n_i))``, where ``n_i`` is the number of trials averaged
+    for image i (NSD's formula; ``1/n`` when every image has ``n`` trials). NSD reports
+    ``100 * nc``. Infinite ncsnr gives 1.
+
+    Parameters
+    ----------
+    ncsnr : ndarray
+        Noise-ceiling signal-to-noise ratio per voxel.
+    n_per_image : int or array of int
+        Trials averaged per image.
+
+    Examples
+    --------
+    >>> float(noise_ceiling_from_ncsnr(np.array([1.0]), 3)[0])
+    0.75
     """
-    repeats = np.asarray(repeats)
-    n = repeats.shape[0] if n_average is None else n_average
-    snr2 = ncsnr_from_repeats(repeats) ** 2
-    return snr2 / (snr2 + 1.0 / n)
+    n = np.atleast_1d(np.asarray(n_per_image, dtype=float))
+    if np.any(n < 1):
+        raise ValueError("every image needs at least one trial")
+    s2 = np.asarray(ncsnr, dtype=float) ** 2
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(s2), 1.0, s2 / (s2 + float(np.mean(1.0 / n))))
+
+
+def noise_ceiling_from_repeats(repeats: np.ndarray, n_average: Optional[int] = None) -> np.ndarray:
+    """Noise ceiling (fraction) of responses averaged over ``n_average`` repeats (default: all given).
+
+    :func:`noise_ceiling_from_ncsnr` of :func:`ncsnr_from_repeats`.
+    """
+    n = np.shape(repeats)[0] if n_average is None else n_average
+    return noise_ceiling_from_ncsnr(ncsnr_from_repeats(repeats), n)
 
 
 def roi_summary(values: Dict[str, np.ndarray], roi: np.ndarray, order=None, stat: str = "mean"):
-    """Per-ROI summary table of voxelwise values.
+    """Per-ROI summary table of voxelwise values (NaNs skipped).
 
     Parameters
     ----------
@@ -105,28 +123,33 @@ def roi_summary(values: Dict[str, np.ndarray], roi: np.ndarray, order=None, stat
         E.g. ``{"ridge": ev_ridge, "oracle": ev_oracle}``.
     roi : ndarray of str (n_voxels,)
     order : list of str, optional
-        ROI order of the rows; ``"all"`` (every voxel) is always the last row.
+        ROI order of the rows (default: sorted, ``"other"`` last); ``"all"`` (every voxel) is
+        always the last row.
     stat : {"mean", "median"}
 
     Returns
     -------
     pandas.DataFrame
-        One row per ROI, one column per entry of ``values``, plus ``n_voxels``.
+        One row per ROI, ``n_voxels`` and one column per entry of ``values``.
+
+    Examples
+    --------
+    >>> table = roi_summary({"ev": np.array([0.1, 0.3, 0.2])}, np.array(["FFA", "FFA", "other"]))
+    >>> table.index.tolist(), table["n_voxels"].tolist(), round(float(table.loc["FFA", "ev"]), 3)
+    (['FFA', 'other', 'all'], [2, 1, 3], 0.2)
     """
     import pandas as pd
 
     roi = np.asarray(roi).astype(str)
+    for key, v in values.items():
+        if np.shape(v) != roi.shape:
+            raise ValueError(f"values[{key!r}] has shape {np.shape(v)}, expected {roi.shape}")
     if order is None:
         order = sorted(set(roi.tolist()) - {"other"}) + (["other"] if "other" in roi else [])
-    agg = np.nanmean if stat == "mean" else np.nanmedian
-    rows = []
-    for name in list(order) + ["all"]:
-        mask = np.ones(len(roi), bool) if name == "all" else roi == name
-        row = {"roi": name, "n_voxels": int(mask.sum())}
-        for key, v in values.items():
-            v = np.asarray(v)
-            if v.shape != roi.shape:
-                raise ValueError(f"values[{key!r}] has shape {v.shape}, expected {roi.shape}")
-            row[key] = float(agg(v[mask])) if mask.any() else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("roi")
+    table = pd.DataFrame({key: np.asarray(v, dtype=float) for key, v in values.items()})
+    table.insert(0, "n_voxels", 1)
+    rows = [table.groupby(roi).agg({"n_voxels": "sum", **{k: stat for k in values}}).reindex(list(order)),
+            table.agg({"n_voxels": "sum", **{k: stat for k in values}}).to_frame("all").T]
+    out = pd.concat(rows).rename_axis("roi")
+    out["n_voxels"] = out["n_voxels"].fillna(0).astype(int)
+    return out

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from braincorl_lite.data import EpisodeSampler, SubjectData, check_support, load_subject, save_subject
+from braincorl_lite.data import EpisodeSampler, SubjectData, atomic_write, check_support, load_subject, save_subject
 
 
 def _make(rng, n_img=20, n_vox=5, E=8, **over):
@@ -96,3 +96,26 @@ def test_select_voxels(tiny):
     sub = subj.select_voxels(subj.roi == "other")
     assert sub.n_voxels == int((subj.roi == "other").sum())
     assert sub.truth.weights.shape == (sub.n_voxels, 512)
+
+
+def test_info_arrays_are_validated_saved_and_sliced(rng, tmp_path):
+    d = _make(rng, voxel_info={"ijk": np.arange(15).reshape(5, 3)}, image_info={"coco": np.arange(20) + 7})
+    back = load_subject(save_subject(d, tmp_path / "s.npz"))
+    assert np.array_equal(back.voxel_info["ijk"], d.voxel_info["ijk"])
+    assert np.array_equal(back.image_info["coco"], d.image_info["coco"])
+    sub = back.select_voxels([4, 1])
+    assert sub.voxel_info["ijk"].tolist() == [[12, 13, 14], [3, 4, 5]] and sub.image_info["coco"].size == 20
+    with pytest.raises(ValueError, match=r"voxel_info\['ijk'\] must have 5 rows"):
+        _make(rng, voxel_info={"ijk": np.zeros((4, 3))})
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "sub" / "file.txt"
+    with atomic_write(target) as tmp:
+        tmp.write_text("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "first" and sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from braincorl_lite.metrics import (explained_variance, ncsnr_from_repeats, noise_ceiling_from_repeats,
-                                    pearson_r, roi_summary)
+from braincorl_lite.metrics import (explained_variance, ncsnr_from_repeats, noise_ceiling_from_ncsnr,
+                                    noise_ceiling_from_repeats, pearson_r, roi_summary)
 
 
 def test_ev_perfect_and_offset_invariant(rng):
@@ -65,3 +65,35 @@ def test_roi_summary():
     assert table.loc["FFA", "ev"] == pytest.approx(0.2)
     assert table.loc["all", "n_voxels"] == 4
     assert table.loc["all", "ev"] == pytest.approx(0.15)
+
+
+def test_ev_matches_sklearn(rng):
+    from sklearn.metrics import explained_variance_score
+
+    y = rng.standard_normal((40, 5))
+    y_hat = 0.5 * y + rng.standard_normal((40, 5)) + 2.0
+    expected = explained_variance_score(y, y_hat, multioutput="raw_values")
+    np.testing.assert_allclose(explained_variance(y, y_hat), expected, rtol=1e-12)
+    assert not np.allclose(expected, explained_variance(y, y))  # the comparison can fail
+
+
+def test_noise_ceiling_from_ncsnr():
+    assert noise_ceiling_from_ncsnr(np.array([1.0]), 3)[0] == pytest.approx(0.75)
+    # images with different trial counts: NSD averages 1/n over images
+    assert noise_ceiling_from_ncsnr(np.array([1.0]), [3, 2, 1])[0] == pytest.approx(1 / (1 + (1 / 3 + 1 / 2 + 1) / 3))
+    assert noise_ceiling_from_ncsnr(np.array([np.inf, 0.0]), 3).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="at least one trial"):
+        noise_ceiling_from_ncsnr(np.array([1.0]), 0)
+
+
+def test_roi_summary_median_order_and_missing_roi():
+    roi = np.array(["FFA", "FFA", "FFA", "PPA", "other"])
+    ev = np.array([0.1, 0.2, 0.9, np.nan, 0.0])
+    table = roi_summary({"ev": ev, "twice": 2 * ev}, roi, order=["PPA", "FFA", "VWFA"], stat="median")
+    assert list(table.index) == ["PPA", "FFA", "VWFA", "all"] and list(table.columns) == ["n_voxels", "ev", "twice"]
+    assert table.loc["FFA", "ev"] == pytest.approx(0.2) and table.loc["FFA", "twice"] == pytest.approx(0.4)
+    assert np.isnan(table.loc["PPA", "ev"]) and table.loc["PPA", "n_voxels"] == 1
+    assert table.loc["VWFA", "n_voxels"] == 0 and np.isnan(table.loc["VWFA", "ev"])
+    assert table.loc["all", "n_voxels"] == 5 and table.loc["all", "ev"] == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="expected"):
+        roi_summary({"ev": ev[:3]}, roi)

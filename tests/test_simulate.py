@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from braincorl_lite.metrics import explained_variance
-from braincorl_lite.simulate import (CATEGORIES, ROIS, SIZES, TextEncoder, World, _cortex_template,
-                                     _roi_map, fsaverage5_mesh, simulate_simb5k, simulate_simnsd)
+from braincorl_lite.cortex import ROIS, cortex_template, fsaverage5_mesh, roi_labels
+from braincorl_lite.simulate import (CATEGORIES, SIZES, TextEncoder, World, noun_phrase, simulate_simb5k,
+                                     simulate_simnsd)
 
 
 def test_deterministic_for_fixed_seeds(tiny):
@@ -53,11 +54,11 @@ def test_container_contents(tiny):
 def test_default_size_meets_the_design():
     cfg = SIZES["default"]
     assert cfg.n_subjects >= 8 and cfg.n_unique >= 2000 and cfg.n_shared >= 500 and cfg.n_repeats == 3
-    template = _cortex_template(cfg.mask_radius)
+    template = cortex_template(cfg.mask_radius)
     assert int(round(cfg.voxel_fraction[0] * len(template))) >= 1500
     coords, hemi = fsaverage5_mesh()
     centres = {roi: [(h, np.array([x, y, z], float)) for h, x, y, z in pts] for roi, (_, pts, _) in ROIS.items()}
-    labels = _roi_map(coords[template], hemi[template], centres, {r: v[2] for r, v in ROIS.items()})
+    labels = roi_labels(coords[template], hemi[template], centres, {r: v[2] for r, v in ROIS.items()})
     present = set(labels) - {"other"}
     assert present == set(ROIS) and len(present) >= 8
     # the template is occipito-temporal: posterior to y = -25 mm and below the parietal cortex
@@ -88,6 +89,49 @@ def test_captions_name_the_concepts(tiny):
         words = enc.match(cap)
         assert words, cap
         assert any(enc.vocab[w] is not None for w in words)
+    # every caption names exactly its image's concepts, the main one first
+    world = World(0)
+    images = world.sample_images(500, np.random.default_rng(5))
+    for cap, concepts in zip(images["captions"], images["concepts"]):
+        found = [world.concepts[int(np.flatnonzero((world.prototypes == enc.vocab[w]).all(1))[0])]
+                 for w in enc.match(cap)]
+        assert found == [world.concepts[c] for c in concepts], cap
+
+
+# words ending in -s that are singular, plurals without an -s, and nouns ending in -ing
+_SINGULAR_S = {"bus", "glass", "tennis"}
+_ING_NOUNS = {"building", "living"}
+_PLURAL_NO_S = {"men", "women", "people", "feet", "sheep", "cattle"}
+
+
+def _article_errors(caption):
+    """Article/number disagreements in a caption, judged without the generator's own word lists."""
+    tokens = caption.split()
+    errors = []
+    for art, word in zip(tokens, tokens[1:]):
+        plural = word in _PLURAL_NO_S or (word.endswith("s") and word not in _SINGULAR_S)
+        if art in ("a", "an") and (plural or (word.endswith("ing") and word not in _ING_NOUNS) or word in ("grass", "text", "snow", "tennis")):
+            errors.append(f"{art} {word}")
+        if (art == "a" and word[0] in "aeiou") or (art == "an" and word[0] not in "aeiou"):
+            errors.append(f"{art} {word}")
+    return errors
+
+
+def test_captions_are_grammatical():
+    assert _article_errors("a photo of a boats") and _article_errors("a men with a chairs")  # the check can fail
+    assert _article_errors("a umbrella") and _article_errors("a smiling")
+    world = World(0)
+    for mix in ("nsd", "b5k"):
+        captions = world.sample_images(3000, np.random.default_rng(1), mix)["captions"]
+        assert len(set(captions)) > 500
+        bad = {c: _article_errors(c) for c in captions if _article_errors(c)}
+        assert not bad, list(bad.items())[:5]
+        assert all(c.startswith("a photo of ") or " with " in c for c in captions)
+    # every synonym, not only those captions draw, makes a grammatical phrase
+    for concepts in CATEGORIES.values():
+        for syn in concepts.values():
+            for word in syn:
+                assert not _article_errors(noun_phrase(word)), (word, noun_phrase(word))
 
 
 def test_true_weights_reach_the_noise_ceiling():
