@@ -78,14 +78,12 @@ def main(argv=None) -> int:
     from braincorl_lite.baselines import fully_trained
     from braincorl_lite.datasets import load_dataset
     from braincorl_lite.evaluation import braincorl_method, evaluate_subject, few_shot_methods
-    from braincorl_lite.model import load_checkpoint
+    from braincorl_lite.checkpoint import load_checkpoint, pretrained_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.checkpoint:
-        from braincorl_lite.cli import shipped_checkpoint
-
-        args.checkpoint = [f"braincorl={shipped_checkpoint()}"]
+        args.checkpoint = [f"braincorl={pretrained_path()}"]
     models = {}
     for item in args.checkpoint:
         name, _, path = item.partition("=")

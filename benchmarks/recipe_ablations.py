@@ -38,7 +38,7 @@ VARIANTS = {
 
 def make_config(variant: str, seed: int, scale: float, d_model: int, layers: int):
     from braincorl_lite.model import ModelConfig
-    from braincorl_lite.train import TrainConfig, default_stages
+    from braincorl_lite.training import TrainConfig, default_stages
 
     change = VARIANTS[variant]
     model = ModelConfig.lite(d_model=d_model, n_layers=layers, n_heads=max(1, d_model // 32),
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     from braincorl_lite.baselines import fully_trained
     from braincorl_lite.datasets import load_dataset
     from braincorl_lite.evaluation import braincorl_method, evaluate_subject
-    from braincorl_lite.model import load_checkpoint
-    from braincorl_lite.train import train
+    from braincorl_lite.checkpoint import load_checkpoint
+    from braincorl_lite.training import train
 
     ks = [int(k) for k in args.k.split(",")]
     train_ds = load_dataset("simnsd", seed=0)

@@ -46,23 +46,23 @@ def _one(spec: dict) -> dict:
         seconds = time.perf_counter() - t0
         n_params = 0
     else:
-        from braincorl_lite.cli import shipped_checkpoint
-        from braincorl_lite.model import BraInCoRL, ModelConfig, load_checkpoint, predict_encoders
+        from braincorl_lite.checkpoint import load_pretrained
+        from braincorl_lite.model import BraInCoRL, ModelConfig, fit_braincorl
 
         if spec["model"] == "shipped":
-            model, _ = load_checkpoint(shipped_checkpoint(), device=spec["device"])
+            model = load_pretrained(device=spec["device"])
         else:
             cfg = ModelConfig.paper() if spec["model"] == "paper" else ModelConfig.lite()
             model = BraInCoRL(cfg).to(spec["device"])
         if spec["dtype"] != "float32":
             model = model.to(getattr(torch, spec["dtype"]))
         n_params = model.n_parameters()
-        predict_encoders(model, x, y[:, : min(64, spec["voxels"])].T, chunk_size=spec["chunk"])  # warm-up
+        fit_braincorl(model, x, y[:, : min(64, spec["voxels"])], chunk_size=spec["chunk"])  # warm-up
         if spec["device"].startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        predict_encoders(model, x, y.T, chunk_size=spec["chunk"])
+        fit_braincorl(model, x, y, chunk_size=spec["chunk"])
         if spec["device"].startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0

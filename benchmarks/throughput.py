@@ -2,8 +2,8 @@
 exact shortcuts (``BraInCoRL.fast_paths``), on this machine.
 
 One training step = one batch of voxel tasks (episodes) that share K support images: forward,
-population loss, backward and an AdamW update, as in ``braincorl_lite.train``. Inference = the
-encoders of many voxels from K = 100 shared support images (``predict_encoders``). The two
+population loss, backward and an AdamW update, as in ``braincorl_lite.training``. Inference = the
+encoders of many voxels from K = 100 shared support images (``fit_braincorl``). The two
 settings alternate within one process so that a busy machine affects both alike.
 
     python benchmarks/throughput.py                  # CPU, lite and shipped configurations
@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 def _train_steps(model, x, M, batch, k, n_steps, device, seed=0):
     """Median seconds per training step (population loss, AdamW) over ``n_steps`` warm steps."""
-    from braincorl_lite.train import population_loss
+    from braincorl_lite.tasks import population_loss
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     E = x.shape[1]
@@ -57,15 +57,15 @@ def _train_steps(model, x, M, batch, k, n_steps, device, seed=0):
 
 
 def _inference(model, x, n_voxels, k, chunk, device):
-    from braincorl_lite.model import predict_encoders
+    from braincorl_lite.model import fit_braincorl
 
     rng = np.random.default_rng(0)
-    y = rng.standard_normal((n_voxels, k)).astype(np.float32)
-    predict_encoders(model, x[:k], y[:64], chunk_size=chunk)  # warm-up
+    y = rng.standard_normal((k, n_voxels)).astype(np.float32)
+    fit_braincorl(model, x[:k], y[:, :64], chunk_size=chunk)  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    predict_encoders(model, x[:k], y, chunk_size=chunk)
+    fit_braincorl(model, x[:k], y, chunk_size=chunk)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -90,8 +90,8 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from braincorl_lite.cli import shipped_checkpoint
-    from braincorl_lite.model import BraInCoRL, ModelConfig, load_checkpoint
+    from braincorl_lite.checkpoint import load_pretrained
+    from braincorl_lite.model import BraInCoRL, ModelConfig
     from braincorl_lite.simulate import World
 
     x = torch.as_tensor(World(0).sample_images(2000, np.random.default_rng(0))["features"])
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.models.split(","):
         if name == "shipped":
-            model, _ = load_checkpoint(shipped_checkpoint(), device=args.device)
+            model = load_pretrained(device=args.device)
         else:
             torch.manual_seed(0)
             model = BraInCoRL(ModelConfig.lite()).to(args.device)

@@ -1,6 +1,6 @@
 """Wall time of meta-training, from nothing, to a model that beats ridge at K = 100 on new people.
 
-A small model is meta-trained with ``braincorl_lite.train.train`` (population loss, the three
+A small model is meta-trained with ``braincorl_lite.training.train`` (population loss, the three
 stages) on SimNSD training subjects (subject seed 0). Every ``--every`` steps the run pauses (it is
 resumable), and the model predicts the encoders of a fixed set of voxels of a held-out person
 (subject seed 1) from K = 100 support images; its mean EV on the shared images is compared with
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
 
     from braincorl_lite.baselines import fit_ridge, predict_linear
     from braincorl_lite.metrics import explained_variance
-    from braincorl_lite.model import ModelConfig, predict_encoders
+    from braincorl_lite.model import ModelConfig, fit_braincorl
     from braincorl_lite.simulate import simulate_simnsd
-    from braincorl_lite.train import StageConfig, TrainConfig, train
+    from braincorl_lite.training import StageConfig, TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
                           progress=False, stop_after_steps=min(args.every, total - done))
             clock += time.perf_counter() - t0
             done = min(total, done + args.every)
-            hw = predict_encoders(model, test.features[support], test.betas[support].T)
-            ev = float(np.nanmean(explained_variance(yq, predict_linear(xq, hw[:, :-1], hw[:, -1]))))
+            W, b = fit_braincorl(model, test.features[support], test.betas[support])
+            ev = float(np.nanmean(explained_variance(yq, predict_linear(xq, W, b))))
             rows.append({"steps": done, "train_seconds": clock, "braincorl_ev": ev, "ridge_ev": ridge_ev,
                          "beats_ridge": ev > ridge_ev})
             print(f"{done:5d} steps, {clock:7.1f} s of training: EV {ev:.4f} (ridge {ridge_ev:.4f})"

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from .errors import BraInCoRLError, ConfigError
 
-__all__ = ["main", "build_parser", "shipped_checkpoint", "DEFAULT_KS"]
+__all__ = ["main", "build_parser", "DEFAULT_KS"]
 
 #: support sizes of ``evaluate`` and ``simulate --report`` when ``--k`` is not given (those larger
 #: than the subject's unique images are left out, with a note)
 DEFAULT_KS = (10, 30, 100, 300, 1000)
 
-_SUBJECT_NUMBERS = ("subjects are numbered from 1, as in NSD: 1 is simnsd-01 / simb5k-01 / subj01")
+_SUBJECT_NUMBERS = "subjects are numbered from 1, as in NSD: 1 is simnsd-01 / simb5k-01 / subj01"
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -40,41 +40,51 @@ def _say(*args, **kwargs) -> None:
         print(*args, **kwargs)
 
 
-def _at_least(flag: str, value, low) -> None:
-    if value is None or value < low:
-        raise ConfigError(f"{flag} must be at least {low}, got {value}")
+def _at_least(low, **flags) -> None:
+    """``_at_least(1, draws=args.draws)``: each ``--flag`` must be at least ``low``."""
+    for name, value in flags.items():
+        if value is None or value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
 
 
-def _positive(flag: str, value) -> None:
-    if value is None or not value > 0:
-        raise ConfigError(f"{flag} must be positive, got {value}")
-
-
-def _parse_ks(text):
-    """``"10,30"`` -> ``[10, 30]``; ``None`` (not given) -> ``None``. Duplicates are dropped."""
-    if text is None:
-        return None
+def _int_list(text, flag: str, what: str) -> list:
+    """``"10,30"`` -> ``[10, 30]`` (duplicates dropped), each at least 1."""
     try:
-        ks = [int(k) for k in str(text).split(",") if k.strip()]
+        values = [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
-        raise ConfigError(f"--k must be a comma-separated list of integers, got {text!r}") from None
-    if not ks:
-        raise ConfigError(f"--k needs at least one support size, got {text!r}")
-    if min(ks) < 1:
-        raise ConfigError(f"--k: support sizes must be at least 1, got {min(ks)}")
-    return list(dict.fromkeys(ks))
+        raise ConfigError(f"{flag} must be a comma-separated list of {what}, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag} needs at least one value, got {text!r}")
+    low = min(values)
+    if low < 1:
+        raise ConfigError(f"{flag} {low}: " + ("subjects are numbered from 1, as in NSD (1 is the first subject)"
+                                               if flag == "--heldout-subject" else f"must be at least 1, got {low}"))
+    return list(dict.fromkeys(values))
 
 
-def _fit_ks(ks, pool: int, who: str):
-    """Support sizes that fit ``pool`` unique images: a given ``--k`` must fit; the default list adapts."""
-    if ks is not None:
+def _subjects(text) -> list:
+    return _int_list(text, "--heldout-subject", "subject numbers (from 1, as in NSD), e.g. 1 or 1,2")
+
+
+def _positions(layout, text) -> list:
+    """0-based positions of the 1-based subject numbers of ``--heldout-subject``."""
+    numbers = _subjects(text)
+    try:
+        return [layout.position(n) for n in numbers]
+    except ConfigError as err:
+        raise ConfigError(f"--heldout-subject {text}: {err}") from None
+
+
+def _fit_ks(text, pool: int, who: str):
+    """Support sizes of ``--k`` that fit ``pool`` unique images; without ``--k`` the default list adapts."""
+    if text is not None:
+        ks = _int_list(text, "--k", "integers (support sizes)")
         too_big = [k for k in ks if k > pool]
         if too_big:
             raise ConfigError(f"--k {','.join(map(str, too_big))}: {who} has only {pool} unique (support) images; "
                               f"use support sizes up to {pool}")
         return ks
-    ks = [k for k in DEFAULT_KS if k <= pool]
-    dropped = [k for k in DEFAULT_KS if k > pool]
+    ks, dropped = [k for k in DEFAULT_KS if k <= pool], [k for k in DEFAULT_KS if k > pool]
     if not ks:
         raise ConfigError(f"{who} has only {pool} unique (support) images, fewer than every default support "
                           f"size ({','.join(map(str, DEFAULT_KS))}): give --k")
@@ -84,61 +94,18 @@ def _fit_ks(ks, pool: int, who: str):
     return ks
 
 
-def _subject_numbers(text, flag: str = "--heldout-subject"):
-    try:
-        numbers = [int(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} takes subject numbers (from 1, as in NSD), e.g. 1 or 1,2; got {text!r}") from None
-    if not numbers:
-        raise ConfigError(f"{flag} needs at least one subject number, got {text!r}")
-    bad = [n for n in numbers if n < 1]
-    if bad:
-        raise ConfigError(f"{flag} {bad[0]}: subjects are numbered from 1, as in NSD (1 is the first subject)")
-    return list(dict.fromkeys(numbers))
-
-
-def _positions(layout, numbers, flag: str = "--heldout-subject"):
-    """0-based positions of 1-based subject ``numbers`` in a dataset of ``layout``."""
-    out = []
-    for n in numbers:
-        if n not in layout.numbers:
-            have = ", ".join(map(str, layout.numbers))
-            what = f"{layout.label} of this --size has subjects {have}" if layout.simulated else \
-                f"the prepared NSD subjects are {have}"
-            raise ConfigError(f"{flag} {n}: no such subject ({what}; numbered from 1, as in NSD)")
-        out.append(layout.position(n))
-    return out
-
-
-def _check_device(text: str):
-    """``None`` for auto, else the device string after checking that it exists here."""
-    if text in (None, "", "auto"):
-        return None
-    import torch
+def _device(text):
+    from ._device import resolve_device
 
     try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {text!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {text}: CUDA is not available on this machine "
-                              f"(torch {torch.__version__}); use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                              f"numbered from 0")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError(f"--device {text}: MPS is not available on this machine; use --device cpu or auto")
-    elif dev.type != "cpu":
-        raise ConfigError(f"--device {text!r}: use auto, cpu, cuda or cuda:N")
-    return text
+        return resolve_device(text)
+    except ConfigError as err:
+        raise ConfigError(f"--{err}") from None
 
 
 def _check_folder(path, flag: str, shown=None) -> None:
     """A folder that exists and is writable, or that can be created (``shown``: the path named in errors)."""
-    p = Path(path).expanduser()
-    shown = path if shown is None else shown
+    p, shown = Path(path).expanduser(), path if shown is None else shown
     if p.exists():
         if not p.is_dir():
             raise ConfigError(f"{flag} {shown}: " + ("exists and is not a folder" if shown == path
@@ -171,17 +138,11 @@ def _layout(args, subjects=None):
     return dataset_layout(args.dataset, size=args.size, subjects=subjects, data_dir=getattr(args, "data", None))
 
 
-def _load(args, subjects=None, progress=True):
+def _load(args, subjects=None):
     from .datasets import load_dataset
 
     return load_dataset(args.dataset, size=args.size, seed=args.seed, world_seed=args.world_seed,
-                        subjects=subjects, data_dir=getattr(args, "data", None), progress=progress)
-
-
-def _describe(ds) -> str:
-    if getattr(ds, "world", None) is not None:
-        return f"{ds.name}, a simulation; world seed {ds.world_seed}, subject seed {ds.subject_seed}"
-    return f"{ds.name}, real data"
+                        subjects=subjects, data_dir=getattr(args, "data", None), progress=True)
 
 
 # ---------------------------------------------------------------------- simulate
@@ -195,25 +156,22 @@ def _cmd_simulate(args) -> int:
     if args.out:
         _check_folder(args.out, "--out")
     if args.report:
-        ks = _parse_ks(args.k)
-        _at_least("--draws", args.draws, 1)
+        _at_least(1, draws=args.draws)
         if args.report_out:
             _check_file(args.report_out, "--report-out")
         layout = _layout(args)
-        (heldout,) = _positions(layout, _subject_numbers(args.heldout_subject))
-        ks = _fit_ks(ks, layout.n_unique[heldout], f"{layout.label} subject {args.heldout_subject}")
+        (heldout,) = _positions(layout, args.heldout_subject)
+        ks = _fit_ks(args.k, layout.n_unique[heldout], f"{layout.label} subject {args.heldout_subject}")
     t0 = time.perf_counter()
     ds = _load(args)
-    seconds = time.perf_counter() - t0
     print(f"{ds.name} (a simulation, not real fMRI data): size={args.size!r}, world seed {ds.world_seed}, "
-          f"subject seed {ds.subject_seed}; generated in {seconds:.1f} s")
+          f"subject seed {ds.subject_seed}; generated in {time.perf_counter() - t0:.1f} s")
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(ds.summary().to_string(index=False))
     if args.out:
-        out = Path(args.out)
         for s in ds:
-            save_subject(s, out / f"{s.subject}.npz")
-        print(f"saved {len(ds)} subjects to {out}/")
+            save_subject(s, Path(args.out) / f"{s.subject}.npz")
+        print(f"saved {len(ds)} subjects to {args.out}/")
     if args.report:
         from .evaluation import simulation_report
 
@@ -222,52 +180,28 @@ def _cmd_simulate(args) -> int:
 
 
 # ---------------------------------------------------------------------- train
-def _stage_pools(config, per_subject) -> None:
-    """Every stage's support + query images must fit its image pool (train checks it again, later)."""
-    limits, first = [], None
-    for st in config.stages:
-        nq = st.n_query if config.stage_loss(st) == "query" else 0
-        if st.name == "finetune":
-            pool, where = min(per_subject), "unique images of the smallest training subject"
-        else:
-            pool, where = sum(per_subject), "unique images of the training subjects together"
-        limits.append(pool - nq)
-        if st.k_max + nq > pool and first is None:
-            need = f"--k-max {st.k_max}" + (f" + {nq} query images" if nq else "")
-            why = " (stage 3 learns from measured responses with the query loss)" \
-                if st.name == "finetune" and config.supervision == "measured" else ""
-            first = f"stage {st.name!r} needs {need} = {st.k_max + nq} images but there are {pool} ({where}){why}"
-    if first is not None:
-        if min(limits) < 1:
-            raise ConfigError(f"{first}: the training subjects have too few unique images")
-        raise ConfigError(f"{first}: use --k-max {min(limits)} or less")
-
-
 def _cmd_train(args) -> int:
     import torch
 
     from .model import ModelConfig
-    from .train import TrainConfig, default_stages, train
+    from .training import TrainConfig, check_image_pools, default_stages, train
 
     # ---- arguments (nothing expensive before they all pass)
-    _positive("--steps-scale", args.steps_scale)
-    _at_least("--time-budget", args.time_budget, 0)
-    _at_least("--batch-voxels", args.batch_voxels, 1)
-    _at_least("--k-max", args.k_max, 1)
-    _at_least("--k-min", args.k_min, 1)
+    if not args.steps_scale > 0:
+        raise ConfigError(f"--steps-scale must be positive, got {args.steps_scale}")
+    _at_least(0, time_budget=args.time_budget)
+    _at_least(1, batch_voxels=args.batch_voxels, k_max=args.k_max, k_min=args.k_min)
     if args.k_min > args.k_max:
         raise ConfigError(f"--k-min {args.k_min} is larger than --k-max {args.k_max}")
-    _at_least("--components", args.components, 0)
-    _at_least("--threads", args.threads, 0)
-    for flag, value in (("--d-model", args.d_model), ("--layers", args.layers), ("--heads", args.heads)):
-        _at_least(flag, value, 1)
+    _at_least(0, components=args.components, threads=args.threads)
+    _at_least(1, d_model=args.d_model, layers=args.layers, heads=args.heads)
     if args.dataset == "nsd" and args.supervision == "truth":
         raise ConfigError("--supervision truth needs the simulation's ground truth; real NSD data can only be "
                           "trained with --supervision measured")
-    device = _check_device(args.device)
+    device = _device(args.device)
     _check_folder(args.out, "--out")
     layout = _layout(args)
-    held = _positions(layout, _subject_numbers(args.heldout_subject))
+    held = _positions(layout, args.heldout_subject)
     train_pos = [i for i in range(len(layout.numbers)) if i not in held]
     if not train_pos:
         raise ConfigError(f"--heldout-subject {args.heldout_subject} leaves no training subject "
@@ -286,38 +220,31 @@ def _cmd_train(args) -> int:
         return TrainConfig(model=model_cfg.to_dict(), stages=stages, loss=args.loss, supervision=args.supervision,
                            n_components=args.components or None, seed=args.train_seed)
 
-    _stage_pools(make_config(1.0), [layout.n_unique[i] for i in train_pos])
+    check_image_pools(make_config(1.0), [layout.n_unique[i] for i in train_pos], k_max_name="--k-max")
 
     # ---- data and training
     if args.threads:
         torch.set_num_threads(args.threads)
-    held_numbers = sorted(layout.numbers[i] for i in held)
-    if layout.simulated:
-        ds = _load(args)
-        train_subjects = [ds[i] for i in train_pos]
-    else:  # real data: read only the training subjects' containers
-        ds = _load(args, subjects=[layout.numbers[i] for i in train_pos])
-        train_subjects = list(ds)
-    scale = args.steps_scale
-    resuming = not args.no_resume and (Path(args.out) / "checkpoint.pt").exists()
+    ds = _load(args, subjects=None if layout.simulated else [layout.numbers[i] for i in train_pos])  # NSD: those only
+    train_subjects = [ds[i] for i in train_pos] if layout.simulated else list(ds)
+    scale, resuming = args.steps_scale, not args.no_resume and (Path(args.out) / "checkpoint.pt").exists()
     if args.time_budget and resuming:  # the run keeps the step scale it measured when it started
         _say(f"{args.out} holds a run: resuming it with its own recipe (--time-budget is not measured again)")
     elif args.time_budget:
-        from .train import measure_step_time
+        from .training import measure_step_time
 
         per_step = measure_step_time(train_subjects, make_config(1.0), device=device)
         scale = args.time_budget * 60 / per_step / sum(s.steps for s in make_config(1.0).stages)
         _say(f"measured {per_step * 1000:.0f} ms per step: scaling the stages by {scale:.2f} "
              f"to fit {args.time_budget} min")
     config = make_config(scale)
+    held_numbers = sorted(layout.numbers[i] for i in held)
     meta = {"dataset": args.dataset, "size": args.size if layout.simulated else None,
             "world_seed": getattr(ds, "world_seed", None), "subject_seed": getattr(ds, "subject_seed", None),
-            "seed": args.seed if layout.simulated else None,
-            "heldout_subjects": held_numbers, "train_subjects": [s.subject for s in train_subjects],
-            "supervision": args.supervision,
+            "seed": args.seed if layout.simulated else None, "heldout_subjects": held_numbers,
+            "train_subjects": [s.subject for s in train_subjects], "supervision": args.supervision,
             "command": "braincorl-lite " + " ".join(sys.argv[1:])}
-    kind = "simulated" if layout.simulated else "real"
-    _say(f"meta-training on {len(train_subjects)} {ds.name} subjects ({kind}; "
+    _say(f"meta-training on {len(train_subjects)} {ds.name} subjects ({'simulated' if layout.simulated else 'real'}; "
          f"{', '.join(s.subject for s in train_subjects)}), holding out subject(s) {held_numbers}; "
          f"supervision {args.supervision}; {sum(s.steps for s in config.stages)} steps; output: {args.out}")
     train(train_subjects, args.out, None if resuming and args.time_budget else config, device=device,
@@ -327,38 +254,27 @@ def _cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------------- evaluate
-def _load_model(path, device):
-    from .model import CheckpointError, load_checkpoint
-
-    try:
-        return load_checkpoint(path, device=device)
-    except CheckpointError as err:
-        if isinstance(err, BraInCoRLError):
-            raise
-        raise ConfigError(str(err)) from None
-
-
 def _cmd_evaluate(args) -> int:
     import pandas as pd
 
+    from .checkpoint import load_checkpoint, pretrained_path
     from .evaluation import evaluate_heldout
 
     # ---- arguments
-    ks = _parse_ks(args.k)
-    _at_least("--draws", args.draws, 1)
-    device = _check_device(args.device)
+    _at_least(1, draws=args.draws)
+    device = _device(args.device)
     if args.out:
         _check_file(args.out, "--out")
-    ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else shipped_checkpoint()
+    ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else pretrained_path()
     if not ckpt.is_file():
         raise ConfigError(f"--checkpoint {ckpt}: " + ("is a folder; give its model.safetensors" if ckpt.is_dir()
                                                         else "no such file"))
-    (number,) = _subject_numbers(args.heldout_subject)
     real = args.dataset == "nsd"
-    layout = _layout(args, subjects=[number] if real else None)  # NSD: only the evaluated subject is loaded
-    (pos,) = _positions(layout, [number])
-    ks = _fit_ks(ks, layout.n_unique[pos], f"{layout.label} subject {number}")
-    model, meta = _load_model(ckpt, device)
+    (number,) = _subjects(args.heldout_subject)
+    layout = _layout(args, subjects=[number] if real else None)  # NSD: only this subject is read
+    (pos,) = _positions(layout, number)
+    ks = _fit_ks(args.k, layout.n_unique[pos], f"{layout.label} subject {number}")
+    model, meta = load_checkpoint(ckpt, device=device)
     if model.config.n_features != layout.n_features:
         raise ConfigError(f"--checkpoint {ckpt} reads {model.config.n_features}-d image features but "
                           f"{layout.label} has {layout.n_features}-d ones: use a model trained on these features")
@@ -372,31 +288,27 @@ def _cmd_evaluate(args) -> int:
         print(f"warning: {subj.subject} was a TRAINING subject of this checkpoint"
               + ("" if real else f" (subject seed {ds.subject_seed}); use another --seed for new people"),
               file=sys.stderr)
-    oracle = subj.truth is not None
-    anatomical = not args.no_anatomical and len(ds) > 1 and bool((subj.vertex >= 0).all())
-    notes = []
+    oracle, anatomical = subj.truth is not None, not args.no_anatomical and len(ds) > 1 and (subj.vertex >= 0).all()
     if not oracle:
-        notes.append(f"oracle: skipped ({ds.name} is real data without ground truth; the Bayes oracle "
-                     "needs a simulation)")
+        print(f"note: oracle: skipped ({ds.name} is real data without ground truth; the Bayes oracle needs a simulation)")
     if not args.no_anatomical and not anatomical:
-        why = ("its voxels are volumetric, without surface vertices to align subjects"
-               if (subj.vertex < 0).any() else "it needs other subjects")
-        notes.append(f"anatomical: skipped ({why})")
-    for line in notes:
-        print(f"note: {line}")
+        print("note: anatomical: skipped (" + ("its voxels are volumetric, without surface vertices to align subjects"
+                                              if (subj.vertex < 0).any() else "it needs other subjects") + ")")
     table = evaluate_heldout(model, ds, pos, ks, n_draws=args.draws, seed=args.eval_seed,
-                             anatomical=anatomical, oracle=oracle)
+                             anatomical=bool(anatomical), oracle=oracle)
     if "subject" not in table.columns:
         table.insert(0, "subject", subj.subject)
     summary = table[table.roi == "all"].pivot_table(index="k", columns="method", values="ev")
-    print(f"\nmean EV on the {int(subj.shared_mask.sum())} shared images of {subj.subject} "
-          f"({_describe(ds)}); checkpoint {ckpt}")
+    where = (f"{ds.name}, a simulation; world seed {ds.world_seed}, subject seed {ds.subject_seed}"
+             if getattr(ds, "world", None) is not None else f"{ds.name}, real data")
+    print(f"\nmean EV on the {int(subj.shared_mask.sum())} shared images of {subj.subject} ({where}); checkpoint {ckpt}")
     with pd.option_context("display.width", 160):
         print(summary.round(4).to_string())
     _print_ratios(summary)
     if args.out:
-        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(Path(args.out).expanduser(), index=False)
+        out = Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
         print(f"wrote {args.out}")
     return 0
 
@@ -413,16 +325,9 @@ def _print_ratios(summary) -> None:
         if "oracle" in summary and summary.loc[k, "oracle"] > 0:
             parts.append(f"braincorl / oracle = {ev / summary.loc[k, 'oracle']:.2f}")
         need = images_to_match(curve.index, curve.values, ev)
-        if need == float("inf"):
-            parts.append(f"ridge does not reach it within K <= {int(curve.index.max())}")
-        else:
-            parts.append(f"ridge needs {need:.0f} images to match ({need / k:.1f}x)")
+        parts.append(f"ridge does not reach it within K <= {int(curve.index.max())}" if need == float("inf")
+                     else f"ridge needs {need:.0f} images to match ({need / k:.1f}x)")
         print("  " + "; ".join(parts))
-
-
-def shipped_checkpoint() -> Path:
-    """Path of the meta-trained lite checkpoint that ships with the package."""
-    return Path(__file__).resolve().parent / "checkpoints" / "simnsd_lite.safetensors"
 
 
 # ---------------------------------------------------------------------- parser
@@ -433,95 +338,92 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _data_args(p, sims_only: bool = False) -> None:
-    choices = ["simnsd", "simb5k"] if sims_only else ["simnsd", "simb5k", "nsd"]
-    p.add_argument("--dataset", choices=choices, default="simnsd",
+def _data_args(p, seed: int, seed_help: str, sims_only: bool = False) -> None:
+    """--dataset, --size, --data (unless ``sims_only``), --seed and --world-seed."""
+    p.add_argument("--dataset", choices=["simnsd", "simb5k"] + ([] if sims_only else ["nsd"]), default="simnsd",
                    help="simnsd (default) or simb5k: simulations generated on the fly"
                         + ("" if sims_only else "; nsd: real subjects prepared with prepare-nsd (see --data)"))
     p.add_argument("--size", choices=["default", "fast", "tiny"], default="default",
                    help="size of a simulation (default: the calibrated book size; ignored for nsd)")
     if not sims_only:
-        p.add_argument("--data", metavar="DIR",
-                       help="nsd only: data root holding prepared/subjNN.npz (default: $BRAINCORL_DATA, "
-                            "else ~/.cache/braincorl_lite)")
+        p.add_argument("--data", metavar="DIR", help="nsd only: data root holding prepared/subjNN.npz (default: "
+                                                     "$BRAINCORL_DATA, else ~/.cache/braincorl_lite)")
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+    p.add_argument("--world-seed", type=int, default=0, help="world seed of a simulation: which stimulus world "
+                                                             "(default 0)")
+
+
+def _k_args(p, what: str = "") -> None:
+    """--k and --draws of evaluate and simulate --report."""
+    p.add_argument("--k", default=None, help=f"comma-separated support sizes{what} (default: "
+                   f"{','.join(map(str, DEFAULT_KS))}, without those larger than the subject's unique images)")
+    p.add_argument("--draws", type=int, default=2, help=f"random support sets per K{what} (at least 1)")
+
+
+def _subject_arg(p, what: str, **kw) -> None:
+    p.add_argument("--heldout-subject", help=f"{what}, numbered from 1 as in NSD (default 1; with --dataset nsd, "
+                                             "1 is subj01)", **{"type": int, "default": 1, **kw})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="braincorl-lite",
-        description="BraInCoRL-lite: in-context encoding models of higher visual cortex. "
-                    "Simulate data, train and evaluate models, and prepare real NSD data. "
-                    f"On the command line {_SUBJECT_NUMBERS}.",
-    )
+    parser = _Parser(prog="braincorl-lite",
+                     description="BraInCoRL-lite: in-context encoding models of higher visual cortex. Simulate "
+                                 "data, train and evaluate models, and prepare real NSD data. On the command "
+                                 f"line {_SUBJECT_NUMBERS}.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
         "simulate", help="generate SimNSD or SimB5K and print a summary",
-        description="Generate a simulated NSD-like dataset (deterministic from its seeds), print a "
-                    "per-subject summary, optionally save each subject to .npz and print the "
-                    "calibration report (noise ceilings, EV of ridge / Bayes oracle / anatomical "
-                    "average / fully trained encoders against the paper's NSD ridge curve). "
-                    f"The same people as load_dataset(dataset, size, seed); {_SUBJECT_NUMBERS}.",
-    )
-    _data_args(p, sims_only=True)
-    p.add_argument("--seed", type=int, default=0,
-                   help="subject seed: which people (default 0; SimB5K adds 5000, as load_dataset does)")
-    p.add_argument("--world-seed", type=int, default=0, help="world seed: which stimulus world (default 0)")
+        description="Generate a simulated NSD-like dataset (deterministic from its seeds), print a per-subject "
+                    "summary, optionally save each subject to .npz and print the calibration report (noise "
+                    "ceilings, EV of ridge / Bayes oracle / anatomical average / fully trained encoders against "
+                    "the paper's NSD ridge curve). The same people as load_dataset(dataset, size, seed); "
+                    f"{_SUBJECT_NUMBERS}.")
+    _data_args(p, 0, "subject seed: which people (default 0; SimB5K adds 5000, as load_dataset does)", sims_only=True)
     p.add_argument("--out", help="folder to save one .npz per subject")
     p.add_argument("--report", action="store_true", help="also evaluate the baselines on a held-out subject")
-    p.add_argument("--heldout-subject", type=int, default=1,
-                   help="subject for --report, numbered from 1 as in NSD (default 1)")
-    p.add_argument("--k", default=None,
-                   help="comma-separated support sizes for --report (default: "
-                        f"{','.join(map(str, DEFAULT_KS))}, without those larger than the subject's unique images)")
-    p.add_argument("--draws", type=int, default=2, help="support draws per K for --report (at least 1)")
+    _subject_arg(p, "subject for --report")
+    _k_args(p, " for --report")
     p.add_argument("--report-out", help="CSV file for the --report table")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser(
         "train", help="meta-train an in-context encoder on simulated or prepared NSD subjects",
-        description="Meta-train BraInCoRL-lite in three stages (pretrain on synthetic voxels from a "
-                    "Gaussian fitted to the training voxels, context extension with K ~ U(k-min, k-max), "
-                    "finetuning on the training subjects' voxels), holding out one or more subjects "
-                    f"({_SUBJECT_NUMBERS}). Checkpoints go to --out every few hundred steps; rerunning the "
-                    "same command resumes an interrupted run. For data-parallel training start it with "
-                    "'torchrun --standalone --nproc_per_node=N -m braincorl_lite.cli train ...' "
-                    "(gloo on CPU, nccl on GPUs); --batch-voxels is the global batch.",
-    )
+        description="Meta-train BraInCoRL-lite in three stages (pretrain on synthetic voxels from a Gaussian "
+                    "fitted to the training voxels, context extension with K ~ U(k-min, k-max), finetuning on "
+                    f"the training subjects' voxels), holding out one or more subjects ({_SUBJECT_NUMBERS}). "
+                    "Checkpoints go to --out every few hundred steps; rerunning the same command resumes an "
+                    "interrupted run. For data-parallel training start it with 'torchrun --standalone "
+                    "--nproc_per_node=N -m braincorl_lite.cli train ...' (gloo on CPU, nccl on GPUs); "
+                    "--batch-voxels is the global batch.")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
-    _data_args(p)
-    p.add_argument("--seed", type=int, default=0, help="subject seed of simulated training subjects")
-    p.add_argument("--world-seed", type=int, default=0, help="world seed of a simulation (default 0)")
-    p.add_argument("--heldout-subject", default="1",
-                   help="subject(s) left out, numbered from 1 as in NSD, e.g. 1 or 1,2 (default 1; "
-                        "with --dataset nsd, 1 is subj01)")
+    _data_args(p, 0, "subject seed of simulated training subjects (default 0)")
+    _subject_arg(p, "subject(s) left out, e.g. 1 or 1,2", type=str, default="1")
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply the step counts of the three stages (1500, 1500, 1000); must be positive")
     p.add_argument("--time-budget", type=float, default=0,
                    help="minutes of training: measure the step time, then scale the stages to fit "
                         "(overrides --steps-scale; 0, the default, is off)")
     p.add_argument("--batch-voxels", type=int, default=64, help="voxels (tasks) per step")
-    p.add_argument("--k-max", type=int, default=500,
-                   help="largest support size seen in training (with stage 3's query images it must fit "
-                        "each training subject's unique images)")
+    p.add_argument("--k-max", type=int, default=500, help="largest support size seen in training (with stage "
+                                                          "3's query images it must fit each training subject's "
+                                                          "unique images)")
     p.add_argument("--k-min", type=int, default=5,
                    help="smallest support size of stages 2 and 3 (stage 1 draws K ~ U(30, k-max))")
     p.add_argument("--supervision", choices=["measured", "truth"], default="measured",
-                   help="measured (default): learn only from measured responses, noise ceilings and "
-                        "encoders fitted to them; truth: the simulation's true weights (an ablation; "
-                        "simulations only). Recorded in the checkpoint metadata")
+                   help="measured (default): learn only from measured responses, noise ceilings and encoders "
+                        "fitted to them; truth: the simulation's true weights (an ablation; simulations only). "
+                        "Recorded in the checkpoint metadata")
     p.add_argument("--loss", choices=["population", "query"], default="population",
-                   help="loss of the synthetic stages 1-2: population (error against the synthetic "
-                        "voxel's known encoder over the image distribution) or query (MSE on held-out "
-                        "query images, as published). Stage 3 on measured voxels always uses the query loss")
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
+                   help="loss of the synthetic stages 1-2: population (error against the synthetic voxel's known "
+                        "encoder over the image distribution) or query (MSE on held-out query images, as "
+                        "published). Stage 3 on measured voxels always uses the query loss")
+    for flag, default in (("--d-model", 128), ("--layers", 4), ("--heads", 4), ("--train-seed", 0)):
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--tokens", choices=["xy", "concat_xy"], default="concat_xy",
                    help="token content: [x; beta] as published, or also x * beta")
     p.add_argument("--components", type=int, default=128,
                    help="PCA (whitened) basis size inside the model; 0 for raw features")
-    p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
@@ -529,27 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate", help="EV per K and ROI of a checkpoint and every baseline on a held-out subject",
-        description="Evaluate a checkpoint on a held-out subject: support images from its unique "
-                    "images, EV on its shared images, for braincorl, ridge, the Bayes oracle, the fully "
-                    "trained encoder and the anatomical average (on real NSD there is no ground truth: the "
-                    "oracle is skipped, and so is the anatomical average of volumetric voxels; the output "
-                    "says so). Prints a table and writes a CSV with columns "
-                    "subject,method,k,roi,ev,n_voxels,draw (roi 'all' is the mean over all voxels; "
-                    "fully_trained has k = number of unique images, anatomical k = 0). "
-                    f"{_SUBJECT_NUMBERS[0].upper() + _SUBJECT_NUMBERS[1:]}.",
-    )
+        description="Evaluate a checkpoint on a held-out subject: support images from its unique images, EV on "
+                    "its shared images, for braincorl, ridge, the Bayes oracle, the fully trained encoder and the "
+                    "anatomical average (on real NSD there is no ground truth: the oracle is skipped, and so is "
+                    "the anatomical average of volumetric voxels; the output says so). Prints a table and writes "
+                    "a CSV with columns subject,method,k,roi,ev,n_voxels,draw (roi 'all' is the mean over all "
+                    "voxels; fully_trained has k = number of unique images, anatomical k = 0). "
+                    f"{_SUBJECT_NUMBERS[0].upper() + _SUBJECT_NUMBERS[1:]}.")
     p.add_argument("--checkpoint", help="model .safetensors (default: the shipped SimNSD checkpoint)")
-    _data_args(p)
-    p.add_argument("--seed", type=int, default=1,
-                   help="subject seed of a simulation: 1 (default) gives people the shipped model never saw")
-    p.add_argument("--world-seed", type=int, default=0, help="world seed of a simulation (default 0)")
-    p.add_argument("--heldout-subject", type=int, default=1,
-                   help="subject to evaluate, numbered from 1 as in NSD (default 1; with --dataset nsd, "
-                        "1 is subj01)")
-    p.add_argument("--k", default=None,
-                   help=f"comma-separated support sizes (default: {','.join(map(str, DEFAULT_KS))}, without "
-                        "those larger than the subject's unique images)")
-    p.add_argument("--draws", type=int, default=2, help="random support sets per K (at least 1)")
+    _data_args(p, 1, "subject seed of a simulation: 1 (default) gives people the shipped model never saw")
+    _subject_arg(p, "subject to evaluate")
+    _k_args(p)
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the support draws")
     p.add_argument("--no-anatomical", action="store_true", help="skip the anatomical average (faster)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -557,17 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     try:
-        from . import cli_real
+        from .nsd import cli as nsd_cli
     except ImportError:  # pragma: no cover - the real-data commands are optional at import time
-        cli_real = None
-    if cli_real is not None:
-        cli_real.register(sub)
+        nsd_cli = None
+    if nsd_cli is not None:
+        nsd_cli.register(sub)
     return parser
 
 
 def _one_line(exc: BaseException) -> str:
-    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(str(msg).split()) or type(exc).__name__
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return " ".join(str(msg).split())
 
 
 def main(argv=None) -> int:
@@ -577,16 +469,14 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    command = getattr(args, "_real_command", None) or args.command
     try:
         return int(args.func(args) or 0)
     except BraInCoRLError as exc:
-        print(f"braincorl-lite {command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"braincorl-lite {args.command}: error: {_one_line(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as exc:
-        # training says whether it saved the run; otherwise a plain line
-        hint = "; rerun the same command to resume the run" if command == "train" else ""
-        print(f"braincorl-lite {command}: {_one_line(exc) if str(exc) else 'interrupted' + hint}", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # training says whether it saved the run; otherwise a plain line
+        hint = "; rerun the same command to resume the run" if args.command == "train" else ""
+        print(f"braincorl-lite {args.command}: {_one_line(exc) or 'interrupted' + hint}", file=sys.stderr)
         return 130
 
 

@@ -2,13 +2,13 @@
 argument is refused with one line on stderr, before any expensive work (simulating, loading data,
 training)."""
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from braincorl_lite.checkpoint import load_checkpoint
 from braincorl_lite.cli import build_parser, main
 from braincorl_lite.errors import RunDirError
 
@@ -19,7 +19,7 @@ def no_work(monkeypatch):
     import braincorl_lite.datasets as datasets
     import braincorl_lite.evaluation as evaluation
     import braincorl_lite.simulate as simulate
-    import braincorl_lite.train as train
+    import braincorl_lite.training as train
 
     def forbidden(*args, **kwargs):
         raise AssertionError("expensive work started before the arguments were checked")
@@ -98,7 +98,7 @@ def test_zero_draws(cmd, capsys, no_work):
 
 
 @pytest.mark.parametrize("subject, message", [("0", "numbered from 1"), ("-1", "numbered from 1"),
-                                              ("4", "no such subject"), ("x", "subject numbers")])
+                                              ("4", "there is no subject 4"), ("x", "subject numbers")])
 def test_bad_heldout_subject(subject, message, capsys, no_work, tmp_path):
     # 0 and -1 used to evaluate the last subjects (Python indexing) with exit 0; 4 gave an IndexError
     if subject != "x":  # evaluate and simulate parse an int: 'x' is a usage error there
@@ -172,7 +172,7 @@ def test_missing_checkpoint(capsys, no_work, tmp_path):
 def test_damaged_checkpoint_is_one_line(capsys, no_work, tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    refused(["evaluate", "--size", "tiny", "--k", "10", "--checkpoint", str(bad)], capsys, "sidecar")
+    refused(["evaluate", "--size", "tiny", "--k", "10", "--checkpoint", str(bad)], capsys, "could not be read")
 
 
 # ---------------------------------------------------------------------- error policy of main
@@ -301,7 +301,7 @@ def test_train_then_evaluate_contract(tmp_path, capsys):
                  "--layers", "1", "--heads", "2", "--components", "32", "--batch-voxels", "8",
                  "--k-max", "60", "--threads", "1"]) == 0
     assert (run / "model.safetensors").exists() and (run / "log.jsonl").exists()
-    meta = json.loads((run / "model.json").read_text())["metadata"]
+    meta = load_checkpoint(run / "model.safetensors")[1]
     assert meta["train_config"]["supervision"] == "measured" and meta["supervision"] == "measured"
     assert meta["heldout_subjects"] == [1] and meta["subject_seed"] == 0
     csv = tmp_path / "results.csv"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from braincorl_lite.cli import main
-from braincorl_lite.model import load_checkpoint
-from braincorl_lite.train import read_log
+from braincorl_lite.checkpoint import load_checkpoint
+from braincorl_lite.training import read_log
 
 pytestmark = pytest.mark.slow
 

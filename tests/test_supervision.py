@@ -1,15 +1,15 @@
 """What meta-training may learn from: measured responses only, unless it is the truth ablation."""
 
 import copy
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from braincorl_lite.baselines import fully_trained
-from braincorl_lite.model import ModelConfig, load_checkpoint
-from braincorl_lite.train import StageConfig, SubjectVoxels, TrainConfig, measured_prior, strip_truth, train
+from braincorl_lite.checkpoint import load_checkpoint
+from braincorl_lite.model import ModelConfig
+from braincorl_lite.tasks import SubjectVoxels, measured_prior, strip_truth
+from braincorl_lite.training import StageConfig, TrainConfig, train
 
 SMALL = ModelConfig.lite(d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, token_features="concat_xy").to_dict()
 
@@ -88,12 +88,12 @@ def test_measured_finetune_uses_the_query_loss_on_disjoint_images(tiny):
 def test_stage_pool_is_checked_before_training(tiny, tmp_path):
     cfg = _config("measured")
     cfg.stages[2].n_query = 10_000
-    with pytest.raises(ValueError, match="lower k_max or n_query"):
+    with pytest.raises(ValueError, match=r"stage 'finetune' needs k_max 60 \+ 10000 query images"):
         train(list(tiny)[1:], tmp_path / "run", cfg, device="cpu", progress=False)
 
 
 def test_shipped_checkpoint_was_trained_on_measured_data():
-    path = Path(__file__).resolve().parents[1] / "braincorl_lite" / "checkpoints" / "simnsd_lite.json"
-    meta = json.loads(path.read_text())
-    train_config = meta["metadata"]["train_config"] if "metadata" in meta else meta["train_config"]
-    assert train_config["supervision"] == "measured"
+    from braincorl_lite.checkpoint import load_pretrained
+
+    assert load_pretrained("simnsd_lite").metadata["train_config"]["supervision"] == "measured"
+    assert load_pretrained("simnsd_lite_truth_ablation").metadata["train_config"]["supervision"] == "truth"

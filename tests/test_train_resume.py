@@ -16,11 +16,12 @@ import pytest
 import safetensors.torch
 import torch
 
-import braincorl_lite.train as train_mod
 from braincorl_lite.errors import ConfigError, NonFiniteError, RunDirError
-from braincorl_lite.model import ModelConfig, load_checkpoint, save_checkpoint
-from braincorl_lite.train import StageConfig, TrainConfig, default_stages, train
+from braincorl_lite.checkpoint import load_checkpoint
+from braincorl_lite.model import ModelConfig
+from braincorl_lite.training import StageConfig, TrainConfig, default_stages, train
 
+import braincorl_lite.training as train_mod
 SMALL = ModelConfig.lite(d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, token_features="concat_xy").to_dict()
 STEPS = 13
 
@@ -207,7 +208,7 @@ def test_sigkill_at_random_moments(subjects, tmp_path):
         from pathlib import Path
         import torch
         from braincorl_lite.data import load_subject
-        from braincorl_lite.train import TrainConfig, train
+        from braincorl_lite.training import TrainConfig, train
         torch.set_num_threads(1)
         subjects = [load_subject(p) for p in sorted(Path({str(tmp_path / "data")!r}).glob("*.npz"))]
         config = TrainConfig(**json.loads(Path({str(tmp_path / "config.json")!r}).read_text()))
@@ -252,7 +253,7 @@ def test_sigkill_at_random_moments(subjects, tmp_path):
 def test_the_run_folder_holds_one_resume_file(run, tmp_path):
     folder = tmp_path / "run"
     run(folder, stop_after_steps=3)
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "log.jsonl", "model.json",
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "log.jsonl",
                                                          "model.safetensors", "train.lock"]
     state = torch.load(folder / "checkpoint.pt", weights_only=True)  # no pickled code
     assert (state["stage"], state["step"]) == (0, 3)
@@ -440,53 +441,63 @@ def test_n_query_zero_is_fine_without_the_query_loss():
 
 
 # --------------------------------------------------------------------------------------------
-# Runs in the layout before checkpoint.pt
+# Runs in the old layout (hand-serialised optimiser state beside state.json)
 # --------------------------------------------------------------------------------------------
-def _to_old_layout(folder):
-    """Rewrite a run folder as the old code wrote it (model + optimizer.safetensors + state.json)."""
-    from braincorl_lite.model import BraInCoRL
-
-    state = torch.load(folder / "checkpoint.pt", weights_only=True)
-    model = BraInCoRL(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    params = [n for n, p in model.named_parameters() if p.dim() >= 2] + \
-             [n for n, p in model.named_parameters() if p.dim() < 2]  # the optimiser's order
-    tensors = {}
-    for i, st in state["optimizer"]["state"].items():
-        tensors[f"{params[i]}::exp_avg"] = st["exp_avg"]
-        tensors[f"{params[i]}::exp_avg_sq"] = st["exp_avg_sq"]
-        tensors[f"{params[i]}::step"] = st["step"].reshape(1).float()
-    for key in ("synthetic", "subjects", "torch"):
-        tensors[f"rng::{key}"] = state["rng"][key]
-    safetensors.torch.save_file(tensors, str(folder / "optimizer.safetensors"))
-    save_checkpoint(model, folder / "model.safetensors",
-                    metadata={"train_config": state["train_config"], "stage": state["stage"], "step": state["step"]})
-    (folder / "state.json").write_text(json.dumps({"stage": state["stage"], "step": state["step"],
-                                                   "numpy_rng": state["rng"]["numpy"], "train_seconds": 1.0}))
-    (folder / "checkpoint.pt").unlink()
-
-
-def test_a_run_in_the_old_layout_resumes(run, reference, tmp_path):
+def test_a_run_in_the_old_layout_is_refused_in_one_line_and_can_start_over(run, reference, tmp_path):
     folder = tmp_path / "run"
-    run(folder, stop_after_steps=8)
-    _to_old_layout(folder)
-    # the old code logged steps again after each resume: here steps 5-6 twice, then 7 (torn)
-    lines = (folder / "log.jsonl").read_text().splitlines()
-    (folder / "log.jsonl").write_text("\n".join(lines[:7] + lines[5:8]) + "\n" + lines[7][:10])
-    run(folder)
+    run(folder, stop_after_steps=4)
+    (folder / "checkpoint.pt").unlink()
+    (folder / "state.json").write_text(json.dumps({"stage": 0, "step": 4}))
+    safetensors.torch.save_file({"rng::torch": torch.get_rng_state()}, str(folder / "optimizer.safetensors"))
+    with pytest.raises(RunDirError, match=r"old layout \(state.json.*cannot resume.*resume=False") as err:
+        run(folder)
+    assert "\n" not in str(err.value) and str(folder) in str(err.value)
+    run(folder, resume=False)
     _assert_like_reference(folder, reference)
     assert not (folder / "state.json").exists() and not (folder / "optimizer.safetensors").exists()
 
 
-def test_an_old_layout_run_stopped_between_its_writes_is_refused(run, tmp_path):
+# --------------------------------------------------------------------------------------------
+# Evaluation during training, and a time budget
+# --------------------------------------------------------------------------------------------
+def test_a_callback_is_logged_and_changes_nothing(run, reference, tmp_path):
+    seen = []
+
+    def evaluate(step, model):
+        seen.append((step, model.training, torch.is_grad_enabled()))
+        torch.randn(3)  # a draw from the global generator: the run must not notice it
+        return {"ev": step / 100, "broken": float("nan")}
+
     folder = tmp_path / "run"
-    run(folder, stop_after_steps=4)
-    _to_old_layout(folder)
-    state = json.loads((folder / "state.json").read_text())
-    (folder / "state.json").write_text(json.dumps({**state, "step": 2}))  # written before the kill
-    with pytest.raises(RunDirError, match="old layout.*disagree"):
+    model = run(folder, callback=evaluate, eval_every=5)
+    assert seen == [(5, False, False), (10, False, False), (13, False, False)]  # every 5 steps, and the last
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [(i + 1, r["ev"], r["broken"]) for i, r in enumerate(log) if "ev" in r] == \
+        [(5, 0.05, None), (10, 0.1, None), (13, 0.13, None)]  # strict JSON: NaN is logged as null
+    assert [{k: v for k, v in r.items() if k not in ("ev", "broken")} for r in _log(folder)] == reference[1]
+    assert all(torch.equal(t, reference[0][n]) for n, t in model.state_dict().items())
+    with pytest.raises(ConfigError, match="eval_every"):
+        run(tmp_path / "other", callback=evaluate, eval_every=0)
+
+
+def test_max_minutes_stops_and_saves_the_run(run, tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    now = [0.0]
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def a_minute_per_step(step, model):
+        now[0] += 60.0
+        return step
+
+    folder = tmp_path / "run"
+    model = run(folder, config=_config(max_minutes=3.5), callback=a_minute_per_step, eval_every=1)
+    assert not model.training and _position(folder) == (0, 4)  # 4 minutes > 3.5: stopped and saved
+    assert [r["eval"] for r in _log(folder)] == [1, 2, 3, 4]
+    assert "time budget of 3.5 min used" in capsys.readouterr().out
+    run(folder, config=_config(max_minutes=3.5), callback=a_minute_per_step, eval_every=1)
+    assert "has used its time budget" in capsys.readouterr().out and _position(folder) == (0, 4)
+    with pytest.raises(RunDirError, match=r"max_minutes: 3\.5 -> None"):  # the budget is part of the recipe
         run(folder)
-    (folder / "state.json").write_text('{"stage": 0, "st')  # torn
-    with pytest.raises(RunDirError, match="old layout.*cannot be read") as err:
-        run(folder)
-    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="max_minutes"):
+        _config(max_minutes=0)

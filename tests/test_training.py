@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from braincorl_lite.checkpoint import load_checkpoint
 from braincorl_lite.errors import ConfigError, RunDirError
-from braincorl_lite.model import ModelConfig, load_checkpoint
-from braincorl_lite.train import (GaussianVoxels, StageConfig, SubjectVoxels, TrainConfig, fit_gaussian,
-                                  population_loss, query_loss, read_log, train)
+from braincorl_lite.model import ModelConfig
+from braincorl_lite.tasks import GaussianVoxels, SubjectVoxels, fit_gaussian, population_loss, query_loss
+from braincorl_lite.training import StageConfig, TrainConfig, read_log, train
 
 SMALL = ModelConfig.lite(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, token_features="concat_xy").to_dict()
 
@@ -110,7 +111,7 @@ def test_truth_supervision_needs_simulated_subjects(tiny, tmp_path):
 
 def test_count_parameters_without_allocation():
     from braincorl_lite.model import BraInCoRL
-    from braincorl_lite.train import count_parameters
+    from braincorl_lite.training import count_parameters
 
     assert count_parameters(ModelConfig.paper()) == 97_074_852
     small = ModelConfig.lite(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64)
@@ -121,7 +122,7 @@ def test_count_parameters_without_allocation():
 def test_stage_summary():
     import pandas as pd
 
-    from braincorl_lite.train import stage_summary
+    from braincorl_lite.training import stage_summary
 
     log = pd.DataFrame({"stage": ["pretrain"] * 10 + ["finetune"] * 10, "step": list(range(10)) * 2,
                         "k": [50] * 10 + list(range(5, 15)), "loss": np.r_[np.linspace(1, 0.5, 10), np.full(10, 0.2)],
