@@ -1,22 +1,15 @@
 """Looking inside the in-context encoder: attention, weight geometry, support sets and language.
 
-BraInCoRL reads a voxel's encoder out of register token 0. Which support images does that token
-look at? Do the predicted weights of voxels of one region cluster together? Does the choice of
-support images matter? And, since the predicted weights live in the image-embedding space, what
-does a voxel "think" of a sentence? This module holds the computations behind those chapters:
+* attention: :func:`register_attention`, :func:`attention_spread`, :func:`top_attended`,
+  :func:`topk_precision`, :func:`attention_precision_table` (does register 0 look at the images
+  of a region's preferred category more often than chance?);
+* geometry of the predicted weights: :func:`pca_project`, :func:`embed_2d` (UMAP when
+  umap-learn is installed, as in the paper, else PCA), :func:`separation_scores`;
+* support sets: :func:`build_support_set` (random, category-balanced or single-category);
+* language: :func:`prompt_responses`, :func:`classify_by_prompts`, :func:`prompt_confusion`,
+  :func:`modality_gap`, :func:`close_modality_gap`.
 
-* :func:`register_attention` -- attention from a register token to the support images
-  (last block, mean over heads, as in the paper).
-* :func:`topk_precision`, :func:`attention_precision_table` -- how often the top-attended images
-  belong to a region's preferred category, against chance.
-* :func:`pca_project`, :func:`separation_scores` -- a 2-D map of the weights and a number for how
-  well regions separate (cross-validated nearest-centroid accuracy, silhouette).
-* :func:`build_support_set` -- random, category-balanced ("diverse") or single-category support sets.
-* :func:`prompt_responses`, :func:`classify_by_prompts`, :func:`prompt_confusion`,
-  :func:`modality_gap`, :func:`close_modality_gap` -- zero-shot responses to text embeddings.
-
-Everything takes plain arrays, so it works on SimNSD and on real NSD alike (the category of an
-image is needed only for the precision and support-set parts).
+Everything takes plain arrays, so it works on SimNSD and on real NSD alike.
 """
 
 from __future__ import annotations
@@ -25,73 +18,31 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .simulate import FLOC_CATEGORIES, ROIS
+from .baselines import predict_linear
+from .cortex import ROI_CATEGORIES, ROI_CATEGORY
 
-__all__ = [
-    "ROI_CATEGORY",
-    "CATEGORY_PROMPTS",
-    "register_attention",
-    "attention_spread",
-    "top_attended",
-    "topk_precision",
-    "attention_precision_table",
-    "pca_project",
-    "separation_scores",
-    "build_support_set",
-    "prompt_responses",
-    "classify_by_prompts",
-    "prompt_confusion",
-    "modality_gap",
-    "close_modality_gap",
-]
-
-#: ROI -> the floc category it prefers (FFA -> faces, PPA -> places, ...)
-ROI_CATEGORY: Dict[str, str] = {roi: spec[0] for roi, spec in ROIS.items()}
-
-#: one text prompt per floc category (the prompts of the language chapter)
-CATEGORY_PROMPTS: Dict[str, str] = {
-    "faces": "a photo of a face",
-    "bodies": "a person's body",
-    "places": "a house",
-    "food": "food on a plate",
-    "words": "written words",
-}
+__all__ = ["ROI_CATEGORY", "CATEGORY_PROMPTS", "register_attention", "attention_spread", "top_attended",
+           "topk_precision", "attention_precision_table", "pca_project", "embed_2d", "separation_scores",
+           "build_support_set", "prompt_responses", "classify_by_prompts", "prompt_confusion", "modality_gap",
+           "close_modality_gap"]
 
 
-# ----------------------------------------------------------------------------------------------
-# Attention
-# ----------------------------------------------------------------------------------------------
+#: one text prompt per ROI category (the prompts of the language chapter)
+CATEGORY_PROMPTS: Dict[str, str] = {"faces": "a photo of a face", "bodies": "a person's body", "places": "a house",
+                                    "food": "food on a plate", "words": "written words"}
+
+
+# -------------------------------------------------------------------------- attention
 def register_attention(model, support_x, support_y, layer: int = -1, register: int = 0,
                        chunk_size: int = 128, heads: str = "mean") -> np.ndarray:
-    """Attention of one register token to the support images, per voxel.
+    """Attention of one register token to the support images (K, E), per voxel of ``support_y`` (n_voxels, K).
 
-    Parameters
-    ----------
-    model : BraInCoRL
-        The in-context model (run in eval mode, without gradients; its mode is restored).
-    support_x : array, shape (K, E)
-        Support image embeddings, shared by all voxels.
-    support_y : array, shape (n_voxels, K)
-        Responses of each voxel to the support images.
-    layer : int
-        Transformer block to read (default: the last one, as in the paper).
-    register : int
-        Register token whose attention is read (0: the one the encoder is read out from).
-    chunk_size : int
-        Voxels per forward pass (the explicit attention needs ``B * heads * N^2`` floats).
-    heads : {"mean", "all"}
-        Average over heads (paper) or keep them: shape ``(n_voxels, n_heads, K)``.
+    The model runs in eval mode without gradients (its mode is restored), ``chunk_size`` voxels
+    at a time. ``layer`` is the block read (default: the last, as in the paper), ``register`` the
+    token (0: the encoder's readout). Returns float32 probabilities (n_voxels, K) in input order,
+    averaged over heads (``heads="all"``: (n_voxels, n_heads, K)); the mass on the registers is
+    left out, so rows sum to slightly less than 1.
 
-    Returns
-    -------
-    ndarray, float32, shape (n_voxels, K)
-        Attention probabilities from the register to each support image, in input order. The
-        rest of the probability mass (to the register tokens) is left out, so rows sum to
-        slightly less than 1.
-
-    Examples
-    --------
-    >>> import numpy as np
     >>> from braincorl_lite.model import BraInCoRL, ModelConfig
     >>> model = BraInCoRL(ModelConfig.lite(n_features=16, d_model=32, n_layers=2))
     >>> a = register_attention(model, np.random.randn(20, 16), np.random.randn(5, 20))
@@ -127,22 +78,10 @@ def register_attention(model, support_x, support_y, layer: int = -1, register: i
 
 
 def attention_spread(probabilities) -> np.ndarray:
-    """How widely attention is spread: the effective number of attended tokens over their number.
+    """How widely attention is spread: ``exp(entropy) / N`` per row of probabilities over N tokens.
 
-    ``exp(entropy) / N`` for each row of attention probabilities over ``N`` tokens: 1 for uniform
-    attention, ``1 / N`` when all the mass is on one token.
+    1 for uniform attention, ``1 / N`` when all the mass is on one token.
 
-    Parameters
-    ----------
-    probabilities : array, shape (..., N)
-        Rows that sum to 1 (e.g. register 0's attention to every token of a block).
-
-    Returns
-    -------
-    ndarray, shape (...)
-
-    Examples
-    --------
     >>> attention_spread([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]])
     array([1.  , 0.25])
     """
@@ -152,19 +91,8 @@ def attention_spread(probabilities) -> np.ndarray:
 
 
 def top_attended(attention, n: int = 10) -> np.ndarray:
-    """Indices of the ``n`` most attended support images of each voxel, most attended first.
+    """Indices (n_voxels, n) of each voxel's ``n`` most attended support images, most attended first.
 
-    Parameters
-    ----------
-    attention : array, shape (n_voxels, K)
-    n : int
-
-    Returns
-    -------
-    ndarray of int, shape (n_voxels, n)
-
-    Examples
-    --------
     >>> top_attended(np.array([[0.1, 0.5, 0.2]]), 2)
     array([[1, 2]])
     """
@@ -175,23 +103,10 @@ def top_attended(attention, n: int = 10) -> np.ndarray:
 
 
 def topk_precision(attention, image_category, target, n: int = 10) -> np.ndarray:
-    """Share of each voxel's ``n`` most attended support images that belong to ``target``.
+    """Share of each voxel's ``n`` most attended support images whose category is ``target``.
 
-    Parameters
-    ----------
-    attention : array, shape (n_voxels, K)
-    image_category : array of str, shape (K,)
-        Category of each support image.
-    target : str or array of str, shape (n_voxels,)
-        The category expected for every voxel (or one per voxel).
-    n : int
+    ``image_category`` has one entry per support image; ``target`` is one category, or one per voxel.
 
-    Returns
-    -------
-    ndarray, shape (n_voxels,)
-
-    Examples
-    --------
     >>> topk_precision(np.array([[0.5, 0.3, 0.2]]), np.array(["faces", "food", "faces"]), "faces", 2)
     array([0.5])
     """
@@ -205,28 +120,12 @@ def topk_precision(attention, image_category, target, n: int = 10) -> np.ndarray
 
 def attention_precision_table(attention, image_category, roi, n: int = 10, responses=None,
                               roi_category: Optional[Mapping[str, str]] = None):
-    """Top-``n`` precision of attention per ROI, with chance and (optionally) the top responses.
+    """Top-``n`` precision of attention (n_voxels, K) per ROI, beside chance.
 
-    Parameters
-    ----------
-    attention : array, shape (n_voxels, K)
-    image_category : array of str, shape (K,)
-        Category of each support image.
-    roi : array of str, shape (n_voxels,)
-        ROI of each voxel; ROIs missing from ``roi_category`` (e.g. "other") are skipped.
-    n : int
-        Number of top-attended images per voxel.
-    responses : array, shape (n_voxels, K), optional
-        The voxels' measured support responses; adds the precision of the ``n`` images with the
-        highest responses (what a reader would pick by eye from the data).
-    roi_category : mapping ROI -> category, optional
-        Default :data:`ROI_CATEGORY`.
-
-    Returns
-    -------
-    pandas.DataFrame indexed by ROI with columns ``category, n_voxels, precision, chance,
-    ratio`` (precision / chance) and, with ``responses``, ``precision_top_response``.
-    ``chance`` is the category's share of the support set.
+    ROIs missing from ``roi_category`` (default :data:`ROI_CATEGORY`; e.g. "other") are skipped.
+    Returns a DataFrame indexed by ROI with ``category, n_voxels, precision, chance`` (the
+    category's share of the support set) and ``ratio``; with the support ``responses``
+    (n_voxels, K), also ``precision_top_response`` (the ``n`` highest responses instead).
     """
     import pandas as pd
 
@@ -248,66 +147,71 @@ def attention_precision_table(attention, image_category, roi, n: int = 10, respo
     return pd.DataFrame(rows).set_index("roi")
 
 
-# ----------------------------------------------------------------------------------------------
-# Geometry of the predicted weights
-# ----------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------- geometry of the predicted weights
+def _unit_rows(W):
+    return W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+
+
 def pca_project(weights, n_components: int = 2, normalise: bool = True):
-    """Principal-component scores of voxel weights (a linear stand-in for the paper's UMAP).
+    """Principal-component ``scores`` (n_voxels, n_components) of voxel weights and the share of
+    variance each component ``explained`` (sklearn PCA).
 
-    Parameters
-    ----------
-    weights : array, shape (n_voxels, E)
-    n_components : int
-    normalise : bool
-        Scale each voxel's weights to unit norm first, so that the map shows the direction of
-        the tuning, not its gain (gain mostly reflects signal-to-noise).
+    ``normalise`` scales each voxel's weights to unit norm first: the map then shows the direction
+    of the tuning, not its gain (gain mostly reflects signal-to-noise).
 
-    Returns
-    -------
-    scores : ndarray, shape (n_voxels, n_components)
-    explained : ndarray, shape (n_components,)
-        Share of the variance of each component.
-
-    Examples
-    --------
     >>> scores, explained = pca_project(np.random.randn(50, 8))
     >>> scores.shape, explained.shape
     ((50, 2), (2,))
     """
+    from sklearn.decomposition import PCA
+
     W = np.asarray(weights, np.float64)
-    if normalise:
-        W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
-    Wc = W - W.mean(0)
-    _, s, vt = np.linalg.svd(Wc, full_matrices=False)
-    var = s ** 2
-    return Wc @ vt[:n_components].T, var[:n_components] / var.sum()
+    pca = PCA(n_components).fit(_unit_rows(W) if normalise else W)
+    return pca.transform(_unit_rows(W) if normalise else W), pca.explained_variance_ratio_
+
+
+def embed_2d(weights, method: str = "auto", normalise: bool = True, seed: int = 0, **umap_kwargs):
+    """A 2-D map of voxel weights: UMAP (as in the paper) when umap-learn is installed, else PCA.
+
+    ``method="auto"`` falls back to PCA when umap-learn cannot be imported; ``"umap"`` then
+    raises :class:`ImportError`. ``normalise`` unit-normalises each voxel's weights first; ``seed``
+    is UMAP's random state. Returns ``coords`` (n_voxels, 2) and ``name``, what made the map, for
+    the figure: ``"UMAP"``, ``"PCA"`` or ``"PCA (umap-learn not installed)"``.
+
+    >>> coords, name = embed_2d(np.random.randn(30, 8), method="pca")
+    >>> coords.shape, name
+    ((30, 2), 'PCA')
+    """
+    if method not in ("auto", "umap", "pca"):
+        raise ValueError(f"method must be 'auto', 'umap' or 'pca', got {method!r}")
+    W = np.asarray(weights, np.float64)
+    if method != "pca":
+        try:
+            import umap
+        except ImportError:
+            if method == "umap":
+                raise ImportError("embed_2d(method='umap') needs umap-learn: pip install umap-learn") from None
+        else:
+            reducer = umap.UMAP(n_components=2, random_state=seed, **{"metric": "cosine", **umap_kwargs})
+            return reducer.fit_transform(_unit_rows(W) if normalise else W), "UMAP"
+    coords, _ = pca_project(W, 2, normalise)
+    return coords, "PCA" if method == "pca" else "PCA (umap-learn not installed)"
 
 
 def separation_scores(weights, labels, n_splits: int = 5, seed: int = 0, normalise: bool = True,
                       min_per_class: Optional[int] = None) -> dict:
     """How well voxel weights separate into their ROIs (or categories).
 
-    Parameters
-    ----------
-    weights : array, shape (n_voxels, E)
-    labels : array of str, shape (n_voxels,)
-        Class of each voxel (ROI or category). Classes with fewer than ``min_per_class`` voxels
-        (default ``n_splits``) are dropped.
-    n_splits : int
-        Folds of the stratified cross-validation of the nearest-centroid classifier.
-    seed : int
-    normalise : bool
-        Unit-normalise each voxel's weights first (compare directions, not gains).
+    ``labels`` gives each voxel's class (ROI or category); classes with fewer than
+    ``min_per_class`` (default ``n_splits``) voxels are dropped. ``normalise`` compares
+    directions, not gains.
 
     Returns
     -------
-    dict with
-        ``nearest_centroid``: cross-validated accuracy of a nearest-centroid classifier
-        (centroids from the training folds, Euclidean distance);
-        ``chance``: accuracy of always guessing the most frequent class;
-        ``balanced_chance``: 1 / number of classes;
-        ``silhouette``: mean silhouette coefficient (cosine distance), from -1 to 1;
-        ``n_voxels``, ``classes``.
+    dict with ``nearest_centroid`` (accuracy of a nearest-centroid classifier, stratified
+    ``n_splits``-fold cross-validation), ``chance`` (always the most frequent class),
+    ``balanced_chance`` (1 / number of classes), ``silhouette`` (cosine distance, -1 to 1),
+    ``n_voxels`` and ``classes``.
 
     Examples
     --------
@@ -333,7 +237,7 @@ def separation_scores(weights, labels, n_splits: int = 5, seed: int = 0, normali
     if len(classes) < 2:
         raise ValueError("need at least two classes with enough voxels to measure separation")
     if normalise:
-        W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+        W = _unit_rows(W)
     correct = 0
     for train, test in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(W, labels):
         clf = NearestCentroid().fit(W[train], labels[train])
@@ -344,42 +248,17 @@ def separation_scores(weights, labels, n_splits: int = 5, seed: int = 0, normali
             "n_voxels": int(len(labels)), "classes": classes}
 
 
-# ----------------------------------------------------------------------------------------------
-# Support sets
-# ----------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------- support sets
 def build_support_set(kind: str, image_category, pool, k: int, rng=None, category: Optional[str] = None,
                       categories: Optional[Sequence[str]] = None) -> np.ndarray:
     """Choose ``k`` support images from ``pool`` in one of three ways.
 
-    Parameters
-    ----------
-    kind : {"random", "diverse", "category"}
-        ``"random"``: a uniform draw (the stimulus mix of the experiment);
-        ``"diverse"``: as equal a number of images from every category as the pool allows
-        (round robin over categories in random order);
-        ``"category"``: only images of ``category``.
-    image_category : array of str, shape (n_images,)
-        Category of every image of the subject (indexed by the values in ``pool``).
-    pool : array of int
-        Candidate image indices (e.g. ``subject.unique_idx``).
-    k : int
-    rng : numpy Generator or int, optional
-    category : str
-        Required for ``kind="category"``.
-    categories : sequence of str, optional
-        Categories a diverse set draws from (default: all categories in the pool).
+    ``kind="random"``: a uniform draw (the stimulus mix of the experiment); ``"diverse"``: as
+    equal a number of images from every category (default: all in the pool) as the pool allows;
+    ``"category"``: only images of ``category``. ``image_category`` holds the category of every
+    image of the subject, ``pool`` candidate indices (e.g. ``subject.unique_idx``). Returns ``k``
+    sorted indices; :class:`ValueError` if the pool holds fewer.
 
-    Returns
-    -------
-    ndarray of int, shape (k,), sorted
-
-    Raises
-    ------
-    ValueError
-        If the pool holds fewer than ``k`` images (of ``category``).
-
-    Examples
-    --------
     >>> cats = np.array(["faces"] * 50 + ["food"] * 10)
     >>> s = build_support_set("diverse", cats, np.arange(60), 20, rng=0)
     >>> int((cats[s] == "food").sum())
@@ -414,34 +293,21 @@ def build_support_set(kind: str, image_category, pool, k: int, rng=None, categor
     return np.sort(rng.choice(chosen, size=k, replace=False))
 
 
-# ----------------------------------------------------------------------------------------------
-# Language -> voxel
-# ----------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------- language -> voxel
 def prompt_responses(weights, bias, text_embeddings) -> np.ndarray:
     """Zero-shot predicted responses ``w . t + b`` of every voxel to every text embedding.
 
-    Parameters
-    ----------
-    weights : array, shape (n_voxels, E)
-    bias : array, shape (n_voxels,)
-    text_embeddings : array, shape (n_prompts, E)
-        In the same space as the images the encoders were fitted on (CLIP text tower for CLIP
-        image features; :class:`~braincorl_lite.simulate.TextEncoder` for SimNSD).
+    ``weights`` (n_voxels, E) and ``bias`` (n_voxels,) are the encoders; ``text_embeddings``
+    (n_prompts, E) live in the image space they were fitted on (CLIP's text tower, or
+    :class:`~braincorl_lite.simulate.TextEncoder` for SimNSD). Returns (n_voxels, n_prompts).
 
-    Returns
-    -------
-    ndarray, shape (n_voxels, n_prompts)
-
-    Examples
-    --------
     >>> prompt_responses(np.array([[1.0, 0.0]]), np.array([0.5]), np.eye(2))
     array([[1.5, 0.5]])
     """
-    W = np.asarray(weights, np.float64)
-    T = np.asarray(text_embeddings, np.float64)
+    W, T = np.asarray(weights), np.asarray(text_embeddings)
     if W.shape[1] != T.shape[1]:
         raise ValueError(f"weights have {W.shape[1]} features but text embeddings {T.shape[1]}")
-    return W @ T.T + np.asarray(bias, np.float64)[:, None]
+    return predict_linear(T, W, bias).T
 
 
 def classify_by_prompts(weights, bias, text_embeddings, labels: Sequence[str]) -> np.ndarray:
@@ -463,59 +329,40 @@ def classify_by_prompts(weights, bias, text_embeddings, labels: Sequence[str]) -
 
 
 def prompt_confusion(roi, predicted, roi_category: Optional[Mapping[str, str]] = None,
-                     categories: Sequence[str] = FLOC_CATEGORIES, by: str = "roi"):
+                     categories: Sequence[str] = ROI_CATEGORIES, by: str = "roi"):
     """Confusion table of prompt classification and the accuracy of each ROI (or category).
 
-    Parameters
-    ----------
-    roi : array of str, shape (n_voxels,)
-    predicted : array of str, shape (n_voxels,)
-        Winning prompt category per voxel (:func:`classify_by_prompts`).
-    roi_category : mapping ROI -> category, optional
-        Default :data:`ROI_CATEGORY`. Voxels of ROIs not in it are skipped.
-    categories : sequence of str
-        Column order (the prompt categories).
-    by : {"roi", "category"}
-        One row per ROI, or pool the ROIs of each category (e.g. EBA + FBA = bodies).
+    ``predicted`` is the winning prompt category per voxel (:func:`classify_by_prompts`);
+    voxels of ROIs missing from ``roi_category`` (default :data:`ROI_CATEGORY`) are skipped.
+    ``categories`` orders the columns; ``by="category"`` pools the ROIs of each category.
 
     Returns
     -------
     pandas.DataFrame
-        Rows: ROIs (or categories); columns: share of the voxels won by each prompt category
-        (rows sum to 1), then ``accuracy`` (share won by the ROI's own category) and ``n_voxels``.
+        One row per ROI (or category): the share of voxels won by each prompt category (rows sum
+        to 1), ``accuracy`` (share won by the own category) and ``n_voxels``.
     """
     import pandas as pd
 
     roi_category = ROI_CATEGORY if roi_category is None else roi_category
-    roi = np.asarray(roi)
-    predicted = np.asarray(predicted)
     if by not in ("roi", "category"):
         raise ValueError(f"by must be 'roi' or 'category', got {by!r}")
+    roi = np.asarray(roi)
     keep = np.isin(roi, list(roi_category))
-    truth = np.array([roi_category[r] for r in roi[keep]])
-    group = roi[keep] if by == "roi" else truth
-    order = [r for r in roi_category if r in set(group)] if by == "roi" else \
-        [c for c in categories if c in set(group)]
-    rows = []
-    for g in order:
-        m = group == g
-        shares = {c: float(np.mean(predicted[keep][m] == c)) for c in categories}
-        own = roi_category[g] if by == "roi" else g
-        rows.append({by: g, **shares, "accuracy": shares.get(own, 0.0), "n_voxels": int(m.sum())})
-    return pd.DataFrame(rows).set_index(by)
+    group = roi[keep] if by == "roi" else np.array([roi_category[r] for r in roi[keep]])
+    order = [g for g in (roi_category if by == "roi" else categories) if g in set(group)]
+    table = pd.crosstab(pd.Series(group, name=by), np.asarray(predicted)[keep], normalize="index")
+    table = table.reindex(index=order, columns=list(categories), fill_value=0.0).rename_axis(columns=None)
+    own = {g: roi_category[g] if by == "roi" else g for g in order}
+    table["accuracy"] = [table.loc[g, c] if c in table.columns else 0.0 for g, c in own.items()]
+    table["n_voxels"] = pd.Series(group).value_counts().reindex(order).to_numpy()
+    return table
 
 
 def modality_gap(image_embeddings, text_embeddings) -> dict:
     """How far text embeddings sit from image embeddings (CLIP's "modality gap").
 
-    Parameters
-    ----------
-    image_embeddings : array, shape (n_images, E)
-    text_embeddings : array, shape (n_texts, E)
-
-    Returns
-    -------
-    dict with ``centroid_distance`` (norm of the difference of the two means), ``cos_image_image``,
+    Returns a dict with ``centroid_distance`` (norm of the difference of the two means), ``cos_image_image``,
     ``cos_text_text``, ``cos_image_text`` (mean pairwise cosines; unit-norm inputs assumed) and
     ``gap`` (the difference vector, text mean minus image mean).
     """
@@ -536,17 +383,8 @@ def modality_gap(image_embeddings, text_embeddings) -> dict:
 def close_modality_gap(text_embeddings, image_embeddings, text_reference=None) -> np.ndarray:
     """Move text embeddings onto the image cloud: ``t - mean(text) + mean(image)``, renormalised.
 
-    Parameters
-    ----------
-    text_embeddings : array, shape (n_texts, E)
-    image_embeddings : array, shape (n_images, E)
-    text_reference : array, shape (m, E), optional
-        Texts whose mean defines the text centroid (default: ``text_embeddings`` themselves;
-        pass a larger set of captions for a better estimate).
-
-    Returns
-    -------
-    ndarray, float32, shape (n_texts, E), unit norm
+    ``text_reference`` (default: the texts themselves; better, many captions) defines the text
+    mean. Returns float32 unit vectors, shape (n_texts, E).
     """
     T = np.asarray(text_embeddings, np.float64)
     ref = T if text_reference is None else np.asarray(text_reference, np.float64)

@@ -6,9 +6,8 @@ import pytest
 import braincorl_lite.evaluation as evaluation
 from braincorl_lite.baselines import anatomical_average, fit_ridge, fit_ridge_paper, fully_trained, predict_linear
 from braincorl_lite.errors import BraInCoRLError, ConfigError, NonFiniteError
-from braincorl_lite.evaluation import (anatomical_for, anatomical_for_voxels, cosine_per_voxel, encoder_ev,
-                                       evaluate_heldout, evaluate_heldout_subset, evaluate_subject,
-                                       few_shot_methods, images_to_match, simulation_report)
+from braincorl_lite.evaluation import (anatomical_for, cosine_per_voxel, encoder_ev, evaluate_heldout,
+                                       evaluate_subject, few_shot_methods, images_to_match, simulation_report)
 from braincorl_lite.metrics import explained_variance
 
 
@@ -37,19 +36,19 @@ def test_encoder_ev_uses_shared_images(tiny):
     assert np.all(zero <= 1e-6)
 
 
-def test_anatomical_for_voxels_matches_full(tiny):
+def test_anatomical_for_some_voxels_matches_full(tiny):
     W, b = anatomical_for(tiny, 0)
     sub = np.arange(0, tiny[0].n_voxels, 3)
-    W2, b2 = anatomical_for_voxels(tiny, 0, sub)
+    W2, b2 = anatomical_for(tiny, 0, voxels=sub)
     assert W2.shape == (sub.size, W.shape[1])
     assert np.allclose(W2, W[sub], atol=1e-5)
     assert np.allclose(b2, b[sub], atol=1e-5)
 
 
-def test_evaluate_heldout_subset_draws_and_nesting(tiny):
+def test_evaluate_heldout_voxel_subset_draws_and_nesting(tiny):
     ks = [10, 30, 100]
     sub = np.arange(0, tiny[0].n_voxels, 2)
-    table = evaluate_heldout_subset(None, tiny, 0, ks, voxels=sub, n_draws={10: 2, 30: 2, 100: 1},
+    table = evaluate_heldout(None, tiny, 0, ks, voxels=sub, n_draws={10: 2, 30: 2, 100: 1},
                                     progress=False)
     allv = table[table.roi == "all"]
     draws = allv.groupby(["method", "k"]).draw.nunique()
@@ -59,7 +58,7 @@ def test_evaluate_heldout_subset_draws_and_nesting(tiny):
     assert (allv.n_voxels == sub.size).all()
     # draw 0 uses the same support sets as evaluate_heldout (one seed, nested orders)
     ref = evaluate_heldout(None, tiny, 0, ks, n_draws=1, anatomical=False, progress=False)
-    mine = evaluate_heldout_subset(None, tiny, 0, ks, n_draws={10: 1, 30: 2, 100: 1}, anatomical=False,
+    mine = evaluate_heldout(None, tiny, 0, ks, n_draws={10: 1, 30: 2, 100: 1}, anatomical=False,
                                    progress=False)
     key = ["method", "k", "roi"]
     a = ref[(ref.draw == 0) & (ref.method == "ridge")].set_index(key).ev
@@ -135,13 +134,13 @@ def test_bad_n_draws_is_refused_before_any_work(tiny, monkeypatch, n_draws):
     with pytest.raises(ConfigError, match="n_draws"):
         evaluate_heldout(None, tiny, 0, [10], n_draws=n_draws, progress=False)
     with pytest.raises(ConfigError, match="n_draws"):
-        evaluate_heldout_subset(None, tiny, 0, [10, 30], n_draws={10: 1, 30: n_draws}, progress=False)
+        evaluate_heldout(None, tiny, 0, [10, 30], n_draws={10: 1, 30: n_draws}, progress=False)
 
 
 def test_n_draws_dict_must_cover_every_k(tiny, monkeypatch):
     monkeypatch.setattr(evaluation, "fully_trained", _never_called)
     with pytest.raises(ConfigError, match=r"K = \[30\]"):
-        evaluate_heldout_subset(None, tiny, 0, [10, 30], n_draws={10: 1}, progress=False)
+        evaluate_heldout(None, tiny, 0, [10, 30], n_draws={10: 1}, progress=False)
 
 
 @pytest.mark.parametrize("ks", [[0], [10, -5], [10, 301], [], [2.5]])
@@ -152,12 +151,11 @@ def test_bad_k_is_refused_before_any_work(tiny, monkeypatch, ks):
         evaluate_subject(tiny[0], ks, {"ridge": _never_called})
     monkeypatch.setattr(evaluation, "fully_trained", _never_called)
     monkeypatch.setattr(evaluation, "anatomical_for", _never_called)
-    monkeypatch.setattr(evaluation, "anatomical_for_voxels", _never_called)
     monkeypatch.setattr(evaluation, "simulation_checks", _never_called)
     with pytest.raises(ConfigError):
         evaluate_heldout(None, tiny, 0, ks, progress=False)
     with pytest.raises(ConfigError):
-        evaluate_heldout_subset(None, tiny, 0, ks, progress=False)
+        evaluate_heldout(None, tiny, 0, ks, progress=False)
     with pytest.raises(ConfigError):
         simulation_report(tiny, 0, ks=ks, progress=False)
     # K equal to the number of unique images is allowed
@@ -173,13 +171,13 @@ def test_heldout_subject_out_of_range_is_refused(tiny, monkeypatch):
         with pytest.raises(ConfigError, match="0-based"):
             evaluate_heldout(None, tiny, bad, [10], progress=False)
         with pytest.raises(ConfigError, match="0-based"):
-            evaluate_heldout_subset(None, tiny, bad, [10], progress=False)
+            evaluate_heldout(None, tiny, bad, [10], progress=False)
         with pytest.raises(ConfigError, match="0-based"):
             simulation_report(tiny, heldout=bad, ks=[10], progress=False)
         with pytest.raises(ConfigError, match="0-based"):
             anatomical_for(tiny, bad)
         with pytest.raises(ConfigError, match="0-based"):
-            anatomical_for_voxels(tiny, bad, [0, 1])
+            anatomical_for(tiny, bad, voxels=[0, 1])
     assert evaluation.subject_position(tiny, n, one_based=True) == n - 1
     assert evaluation.subject_position(tiny, 0, one_based=False) == 0
 
@@ -209,3 +207,19 @@ def test_anatomical_average_never_contains_the_heldout_subject(tiny, monkeypatch
     assert seen.count(tiny[2].subject) == 1  # its own fully trained encoder, never in the average
     assert sorted(set(seen)) == sorted(s.subject for s in tiny)
     assert set(table.subject) == {tiny[2].subject}
+
+
+def test_braincorl_method_goes_through_fit_braincorl(rng):
+    import torch
+
+    from braincorl_lite.evaluation import braincorl_method, model_methods
+    from braincorl_lite.model import BraInCoRL, ModelConfig, fit_braincorl
+
+    torch.manual_seed(0)
+    model = BraInCoRL(ModelConfig.lite(n_features=16, d_model=32, n_layers=1))
+    X, Y = rng.standard_normal((20, 16)), rng.standard_normal((20, 7))
+    W, b = braincorl_method(model)(X, Y)
+    W_ref, b_ref = fit_braincorl(model, X.astype(np.float32), Y.astype(np.float32))
+    assert W.shape == (7, 16) and b.shape == (7,)
+    np.testing.assert_allclose(predict_linear(X, W, b), X @ W_ref.T + b_ref, rtol=1e-4, atol=1e-4)
+    assert set(model_methods({"a": model, "b": model})) == {"a", "b"} and model_methods(None) == {}

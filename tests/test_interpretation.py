@@ -157,3 +157,35 @@ def test_attention_spread_bounds():
     assert s.shape == (5,) and np.all((s > 1 / 7) & (s < 1))
     np.testing.assert_allclose(attention_spread(np.full((2, 4), 0.25)), 1.0)
     np.testing.assert_allclose(attention_spread(np.eye(3)), 1 / 3)
+
+
+def test_pca_project_matches_sklearn(rng):
+    from sklearn.decomposition import PCA
+
+    W = rng.standard_normal((60, 6)) * [4, 2, 1, 1, 1, 1]
+    scores, explained = interp.pca_project(W, 2)
+    unit = W / np.linalg.norm(W, axis=1, keepdims=True)
+    ref = PCA(2).fit(unit)
+    np.testing.assert_allclose(np.abs(scores), np.abs(ref.transform(unit)), atol=1e-10)
+    np.testing.assert_allclose(explained, ref.explained_variance_ratio_)
+
+
+def test_embed_2d_falls_back_to_pca_without_umap(rng, monkeypatch):
+    import sys
+
+    W = rng.standard_normal((40, 6))
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    coords, name = interp.embed_2d(W)
+    assert name == "PCA (umap-learn not installed)"
+    np.testing.assert_allclose(coords, interp.pca_project(W, 2)[0])
+    assert interp.embed_2d(W, method="pca")[1] == "PCA"
+    with pytest.raises(ImportError, match="umap-learn"):
+        interp.embed_2d(W, method="umap")
+    with pytest.raises(ValueError):
+        interp.embed_2d(W, method="tsne")
+
+
+def test_embed_2d_uses_umap_when_installed(rng):
+    pytest.importorskip("umap")
+    coords, name = interp.embed_2d(rng.standard_normal((40, 6)), n_neighbors=5)
+    assert name == "UMAP" and coords.shape == (40, 2)
