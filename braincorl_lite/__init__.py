@@ -14,15 +14,15 @@ from .data import SubjectData
 from .datasets import load_dataset
 from .evaluation import evaluate_subject
 from .metrics import explained_variance
-from .model import (BraInCoRL, ModelConfig, fit_braincorl, load_checkpoint, load_pretrained,
-                    predict_encoders, save_checkpoint)
-from .train import TrainConfig, train
+from .checkpoint import load_checkpoint, load_pretrained, save_checkpoint
+from .model import BraInCoRL, ModelConfig, fit_braincorl
+from .training import TrainConfig, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BraInCoRL", "ModelConfig", "load_pretrained", "load_checkpoint", "save_checkpoint",
-    "fit_braincorl", "predict_encoders",
+    "fit_braincorl",
     "load_dataset", "SubjectData",
     "fit_ridge", "bayes_oracle", "predict_linear", "explained_variance",
     "evaluate_subject", "train", "TrainConfig",

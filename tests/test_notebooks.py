@@ -1,7 +1,8 @@
-"""The committed chapters: executed, clean and parameterised; and the book builds from them.
+"""The committed chapters: executed, clean and parameterised, with exercises and glued numbers;
+their student editions; and the book builds from them.
 
 The papermill runs of each chapter with fast parameters, asserting on the values it records,
-are in ``tests/test_notebooks_*.py``.
+are in ``tests/test_notebooks_run.py``.
 """
 
 import re
@@ -14,10 +15,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from braincorl_lite.notebook import RECORD_MIME
+from braincorl_lite.notebook import (EXERCISE, RECORD_MIME, SOLUTION, check_notebook, exercises, typed_numbers,
+                                     write_students)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = [
+    "00_ridge_to_bayes.ipynb",
     "01_feature_extraction.ipynb",
     "02_meta_training.ipynb",
     "03_few_shot_inference.ipynb",
@@ -73,6 +76,77 @@ def test_committed_notebook_is_executed_and_clean(name):
     assert "{cite}" in text
 
 
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_exercise_contract_and_glue_rule(name):
+    """notebooks/README.md: >= 3 exercises (skeleton, expected result in text and metadata, solution
+    that records a value within tolerance), nothing read from a solution later, no typed result."""
+    problems = check_notebook(ROOT / "notebooks" / name)
+    assert not problems, "\n".join(problems)
+
+
+def test_glue_rule_catches_typed_results():
+    assert typed_numbers("Ridge explains 0.067 and the model 11% at $K = 100$.") == ["0.067", "11%"]
+    assert typed_numbers("| claim | 0.35 {cite:p}`yu2025braincorl` |\n| ours | {glue:text}`ev:.2f` |") == []
+    assert typed_numbers("See Exercise 2.1 and `dropout=0.5`; 3 repeats, $\\alpha = 0.1$.") == []
+    assert typed_numbers("```{note}\n:width: 80%\nIt took 1.5 s.\n```") == ["1.5"]
+    assert typed_numbers("```python\nx = 0.5\n```") == []
+
+
+def test_exercise_check_fails_on_broken_exercises(tmp_path):
+    nb = nbformat.read(ROOT / "notebooks" / CHAPTERS[0], as_version=4)
+    for cell in nb.cells:  # break every exercise: a wrong expected value, a solution without its tag
+        if cell.cell_type == "markdown" and EXERCISE in cell.metadata.get("tags", []):
+            cell.metadata["expected"] = {k: [v[0] + 1, v[1]] for k, v in cell.metadata["expected"].items()}
+        if SOLUTION in cell.metadata.get("tags", []):
+            cell.metadata["tags"] = [SOLUTION]
+    nbformat.write(nb, tmp_path / CHAPTERS[0])
+    problems = "\n".join(check_notebook(tmp_path / CHAPTERS[0]))
+    assert problems.count("not written in its text") == 3 and problems.count("solution gives") == 3
+    assert problems.count("hide-input") == 3
+
+
+def test_student_editions(tmp_path):
+    paths = write_students([ROOT / "notebooks" / n for n in CHAPTERS], tmp_path)
+    assert [p.name for p in paths] == CHAPTERS
+    for name, path in zip(CHAPTERS, paths):
+        instructor = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        student = nbformat.read(path, as_version=4)
+        tags = [c.metadata.get("tags", []) for c in student.cells]
+        assert not any(SOLUTION in t for t in tags), f"{name}: a solution is left in the student edition"
+        assert sum(EXERCISE in t for t in tags) == sum(EXERCISE in c.metadata.get("tags", []) for c in instructor.cells)
+        assert len(exercises(student)) == len(exercises(instructor))
+        assert all(not c.outputs and c.execution_count is None for c in student.cells if c.cell_type == "code")
+        assert "parameters" in [c for c in student.cells if c.cell_type == "code"][0].metadata["tags"]
+
+
+def _setup_cell(name):
+    return [c for c in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells if c.cell_type == "code"][1].source
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_every_chapter_has_the_same_setup_cell(name):
+    """The first cell after the parameters installs the package outside a clone, as chapter 0's does."""
+    setup = _setup_cell(name)
+    assert "%pip install" in setup and "import braincorl_lite as bcl" in setup
+    assert setup == _setup_cell(CHAPTERS[0]), "the setup cell differs from chapter 0's"
+
+
+def test_intro_has_the_classroom_path_and_glues_its_results():
+    intro = (ROOT / "book" / "intro.md").read_text()
+    for section in ("Prerequisites", "course plan", "claims"):
+        assert re.search(section, intro, re.I), section
+    assert not typed_numbers(intro), typed_numbers(intro)
+    # every glued SimNSD result names a key that the chapter's executed notebook holds
+    for doc, key in re.findall(r"\{glue(?::text)?\}`\.\./notebooks/(\w+)\.ipynb::(\w+)", intro):
+        nb = nbformat.read(ROOT / "notebooks" / f"{doc}.ipynb", as_version=4)
+        keys = {o.metadata["scrapbook"]["name"] for c in nb.cells for o in c.get("outputs", [])
+                if "scrapbook" in o.get("metadata", {})}
+        assert key in keys, f"{doc} does not glue {key!r}"
+    config = (ROOT / "_config.yml").read_text()
+    assert re.search(r"colab_url:\s*https://colab", config) and re.search(r"binderhub_url:\s*https://", config)
+    assert re.search(r"repository:\s*\n\s+url:\s*https://github.com/", config)
+
+
 @pytest.mark.slow
 def test_book_builds_with_warnings_as_errors(tmp_path):
     exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
@@ -88,6 +162,9 @@ def test_book_builds_with_warnings_as_errors(tmp_path):
         assert "Traceback" not in page
         assert "<img" in page, f"{name} shows no figure"
     assert (html / "book" / "glossary.html").exists()
+    chapter0 = (html / "notebooks" / "00_ridge_to_bayes.html").read_text()
+    assert "colab.research.google.com" in chapter0 and "mybinder.org" in chapter0, "launch buttons"
+    assert "pasted-text" in (html / "book" / "intro.html").read_text(), "the claims table pastes chapter results"
     references = (html / "book" / "references.html").read_text().lower()
     assert "meta-learning an in-context transformer" in references  # the cited BraInCoRL paper
     assert "a massive 7t fmri dataset" in references
