@@ -20,12 +20,7 @@ def resolve_device(device: Optional[str] = "auto") -> str:
     Returns
     -------
     str
-        A name that ``torch.device`` and ``.to()`` accept.
-
-    Raises
-    ------
-    ConfigError
-        Not a device name, or a device this machine does not have.
+        A name that ``torch.device`` and ``.to()`` accept; else ``ConfigError`` says why.
 
     Examples
     --------
@@ -52,7 +47,7 @@ def resolve_device(device: Optional[str] = "auto") -> str:
             raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
                               f"device(s), numbered from 0")
     elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        if not torch.backends.mps.is_available():
             raise ConfigError(f"device {str(device)!r}: MPS is not available on this machine; use cpu or auto")
     elif dev.type != "cpu":
         raise ConfigError(f"device {str(device)!r}: use auto, cpu, cuda or cuda:N")

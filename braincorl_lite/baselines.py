@@ -26,10 +26,13 @@ from .errors import ConfigError
 __all__ = ["DEFAULT_ALPHAS", "PAPER_ALPHAS", "fit_ridge", "fit_ridge_paper", "fully_trained", "predict_linear",
            "ridge_closed_form", "anatomical_average", "bayes_oracle"]
 
-#: penalties searched by the cross-validated ridge (features are unit-norm)
+#: penalties searched by the cross-validated ridge, 13 log-spaced from 1e-2 to 1e4 (features are
+#: unit-norm)
+#:
+#: :meta hide-value:
 DEFAULT_ALPHAS = np.logspace(-2, 4, 13)
 
-#: penalties of the official BraInCoRL ridge baseline: 1e-3, 1e-2, ..., 1e5
+#: penalties of the official BraInCoRL ridge baseline (1e-3, 1e-2, ..., 1e5)
 PAPER_ALPHAS = 10.0 ** np.arange(-3, 6)
 
 
@@ -239,6 +242,20 @@ def fully_trained(data, alphas: Sequence[float] = DEFAULT_ALPHAS, cv: int = 5):
     return fit_ridge(data.features[idx], data.betas[idx], alphas=alphas, cv=cv)
 
 
+def _neighbours(source_vertex, target_vertex, radius: float, coords=None):
+    """Per target vertex: the source voxels within ``radius`` mm (same hemisphere), and the nearest one."""
+    from scipy.spatial import cKDTree
+
+    if coords is None:
+        from .cortex import fsaverage5_mesh
+
+        coords = fsaverage5_mesh()[0]
+    coords = np.asarray(coords, float).copy()
+    coords[len(coords) // 2:, 0] += 1e4  # keep the hemispheres apart
+    tree, target = cKDTree(coords[np.asarray(source_vertex)]), coords[np.asarray(target_vertex)]
+    return tree.query_ball_point(target, r=radius), np.atleast_1d(tree.query(target, k=1)[1]).astype(int)
+
+
 def anatomical_average(train: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]], target_vertex: np.ndarray,
                        radius: float = 6.0, coords: Optional[np.ndarray] = None):
     """Zero-shot encoders from other subjects' encoders at the same or nearby cortical vertices.
@@ -261,24 +278,14 @@ def anatomical_average(train: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]
     -------
     W : ndarray (n_voxels, n_features), b : ndarray (n_voxels,)
     """
-    from scipy.spatial import cKDTree
-
-    if coords is None:
-        from .cortex import fsaverage5_mesh
-
-        coords = fsaverage5_mesh()[0]
-    coords = np.asarray(coords, float).copy()
-    coords[len(coords) // 2:, 0] += 1e4  # keep the hemispheres apart
     target_vertex = np.asarray(target_vertex)
     if np.any(target_vertex < 0):
         raise ValueError("anatomical_average needs surface vertices; volumetric voxels (vertex -1) have none")
     W_sum = np.zeros((len(target_vertex), train[0][1].shape[1]))
     b_sum, count = np.zeros(len(target_vertex)), np.zeros(len(target_vertex))
-    tpos = coords[target_vertex]
     for vertex, W, b in train:
-        tree = cKDTree(coords[np.asarray(vertex)])
-        _, nearest = tree.query(tpos, k=1)
-        for i, h in enumerate(tree.query_ball_point(tpos, r=radius)):
+        hits, nearest = _neighbours(vertex, target_vertex, radius, coords)
+        for i, h in enumerate(hits):
             h = h if len(h) else [nearest[i]]
             W_sum[i] += W[h].sum(0)
             b_sum[i] += b[h].sum()

@@ -1,4 +1,5 @@
-"""Checkpoints: one safetensors file holding the tensors, the :class:`ModelConfig` and metadata.
+"""Checkpoints: one safetensors file holding the tensors, the
+:class:`~braincorl_lite.model.ModelConfig` and metadata.
 
 The header's metadata holds ``config`` and ``metadata`` as JSON strings; nothing is pickled.
 Files of version 0.1 (tensors plus a ``.json`` sidecar of the same stem) still load.
@@ -41,9 +42,7 @@ class CheckpointError(BraInCoRLError, ValueError):
 
 def _json_default(value):
     """Let numpy scalars and arrays (and paths) appear in the metadata."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
@@ -148,12 +147,8 @@ def _read_sidecar(path: Path) -> tuple[dict, dict]:
 
 def _check_tensors(expected: dict, found: dict, path: Path) -> None:
     """Refuse missing, unexpected, misshapen, non-float32 and non-finite tensors, naming them."""
-    problems = []
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
+    problems = [f"{what} tensors {names}" for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
     for name in sorted(set(expected) & set(found)):
         t = found[name]
         if t.shape != expected[name].shape:

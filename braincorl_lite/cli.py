@@ -1,18 +1,12 @@
-"""The ``braincorl-lite`` command line.
+"""The ``braincorl-lite`` command line (``braincorl-lite --help``, ``braincorl-lite COMMAND --help``).
 
-Run ``braincorl-lite --help`` for the list of commands and ``braincorl-lite COMMAND --help`` for
-each one's options.
+Every command checks its arguments before any expensive work. An error the user can fix (a
+:class:`~braincorl_lite.errors.BraInCoRLError`) is one line ``braincorl-lite COMMAND: error: MESSAGE``
+on stderr and exit status 1; a usage error exits with 2, Ctrl-C with 130. Any other exception is
+a programming error and keeps its traceback.
 
-Error policy: every command checks its arguments before any expensive work (simulating,
-loading, training). An error the user can fix (a :class:`~braincorl_lite.errors.BraInCoRLError`:
-a bad argument, a missing or damaged file, a run folder in the wrong state) is printed as one line
-``braincorl-lite COMMAND: error: MESSAGE`` on stderr and exits with status 1; a usage error of the
-parser exits with 2, Ctrl-C with 130. Any other exception is a programming error and keeps its
-traceback.
-
-Subjects are numbered from 1 on the command line, as NSD numbers them (``--heldout-subject 1`` is
-``simnsd-01`` or ``subj01``); the Python API takes 0-based positions into a dataset. The
-conversion happens here, at the boundary.
+Subjects are numbered from 1 here, as in NSD (``--heldout-subject 1`` is ``simnsd-01`` or
+``subj01``); the Python API takes 0-based positions, converted at this boundary.
 """
 
 from __future__ import annotations
@@ -31,6 +25,7 @@ __all__ = ["main", "build_parser", "DEFAULT_KS"]
 DEFAULT_KS = (10, 30, 100, 300, 1000)
 
 _SUBJECT_NUMBERS = "subjects are numbered from 1, as in NSD: 1 is simnsd-01 / simb5k-01 / subj01"
+_DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -113,13 +108,10 @@ def _check_folder(path, flag: str, shown=None) -> None:
         if not os.access(p, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {shown}: the folder {path} is not writable")
         return
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {shown}: cannot create it, {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {shown}: cannot create it, {parent} is not writable")
+    parent = next(q for q in p.parents if q.exists())  # the nearest ancestor that exists
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is not writable" if parent.is_dir() else "is a file"
+        raise ConfigError(f"{flag} {shown}: cannot create it, {parent} {why}")
 
 
 def _check_file(path, flag: str) -> None:
@@ -189,12 +181,11 @@ def _cmd_train(args) -> int:
     # ---- arguments (nothing expensive before they all pass)
     if not args.steps_scale > 0:
         raise ConfigError(f"--steps-scale must be positive, got {args.steps_scale}")
-    _at_least(0, time_budget=args.time_budget)
-    _at_least(1, batch_voxels=args.batch_voxels, k_max=args.k_max, k_min=args.k_min)
+    _at_least(0, time_budget=args.time_budget, components=args.components, threads=args.threads)
+    _at_least(1, batch_voxels=args.batch_voxels, k_max=args.k_max, k_min=args.k_min, d_model=args.d_model,
+              layers=args.layers, heads=args.heads)
     if args.k_min > args.k_max:
         raise ConfigError(f"--k-min {args.k_min} is larger than --k-max {args.k_max}")
-    _at_least(0, components=args.components, threads=args.threads)
-    _at_least(1, d_model=args.d_model, layers=args.layers, heads=args.heads)
     if args.dataset == "nsd" and args.supervision == "truth":
         raise ConfigError("--supervision truth needs the simulation's ground truth; real NSD data can only be "
                           "trained with --supervision measured")
@@ -372,13 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"line {_SUBJECT_NUMBERS}.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser(
-        "simulate", help="generate SimNSD or SimB5K and print a summary",
-        description="Generate a simulated NSD-like dataset (deterministic from its seeds), print a per-subject "
-                    "summary, optionally save each subject to .npz and print the calibration report (noise "
-                    "ceilings, EV of ridge / Bayes oracle / anatomical average / fully trained encoders against "
-                    "the paper's NSD ridge curve). The same people as load_dataset(dataset, size, seed); "
-                    f"{_SUBJECT_NUMBERS}.")
+    p = sub.add_parser("simulate", help="generate SimNSD or SimB5K and print a summary", description=(
+        "Generate a simulated NSD-like dataset (deterministic from its seeds, the same people as load_dataset("
+        "dataset, size, seed)), print a per-subject summary, optionally save each subject to .npz and print the "
+        "calibration report (noise ceilings, EV of ridge / Bayes oracle / anatomical average / fully trained "
+        f"encoders against the paper's NSD ridge curve); {_SUBJECT_NUMBERS}."))
     _data_args(p, 0, "subject seed: which people (default 0; SimB5K adds 5000, as load_dataset does)", sims_only=True)
     p.add_argument("--out", help="folder to save one .npz per subject")
     p.add_argument("--report", action="store_true", help="also evaluate the baselines on a held-out subject")
@@ -387,73 +376,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-out", help="CSV file for the --report table")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser(
-        "train", help="meta-train an in-context encoder on simulated or prepared NSD subjects",
-        description="Meta-train BraInCoRL-lite in three stages (pretrain on synthetic voxels from a Gaussian "
-                    "fitted to the training voxels, context extension with K ~ U(k-min, k-max), finetuning on "
-                    f"the training subjects' voxels), holding out one or more subjects ({_SUBJECT_NUMBERS}). "
-                    "Checkpoints go to --out every few hundred steps; rerunning the same command resumes an "
-                    "interrupted run. For data-parallel training start it with 'torchrun --standalone "
-                    "--nproc_per_node=N -m braincorl_lite.cli train ...' (gloo on CPU, nccl on GPUs); "
-                    "--batch-voxels is the global batch.")
+    p = sub.add_parser("train", help="meta-train an in-context encoder on simulated or prepared NSD subjects",
+                       description=(
+        "Meta-train BraInCoRL-lite in three stages (pretrain on synthetic voxels from a Gaussian fitted to the "
+        "training voxels, context extension with K ~ U(k-min, k-max), finetuning on the training subjects' voxels), "
+        f"holding out one or more subjects ({_SUBJECT_NUMBERS}). Rerunning the same command resumes an interrupted "
+        "run. Data-parallel: 'torchrun --standalone --nproc_per_node=N -m braincorl_lite.cli train ...' (gloo on "
+        "CPU, nccl on GPUs; --batch-voxels is the global batch)."))
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
     _data_args(p, 0, "subject seed of simulated training subjects (default 0)")
     _subject_arg(p, "subject(s) left out, e.g. 1 or 1,2", type=str, default="1")
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply the step counts of the three stages (1500, 1500, 1000); must be positive")
-    p.add_argument("--time-budget", type=float, default=0,
-                   help="minutes of training: measure the step time, then scale the stages to fit "
-                        "(overrides --steps-scale; 0, the default, is off)")
+    p.add_argument("--time-budget", type=float, default=0, help="minutes of training: measure the step time, then "
+                   "scale the stages to fit (overrides --steps-scale; 0, the default, is off)")
     p.add_argument("--batch-voxels", type=int, default=64, help="voxels (tasks) per step")
-    p.add_argument("--k-max", type=int, default=500, help="largest support size seen in training (with stage "
-                                                          "3's query images it must fit each training subject's "
-                                                          "unique images)")
+    p.add_argument("--k-max", type=int, default=500, help="largest support size seen in training (with stage 3's "
+                   "query images it must fit each training subject's unique images)")
     p.add_argument("--k-min", type=int, default=5,
                    help="smallest support size of stages 2 and 3 (stage 1 draws K ~ U(30, k-max))")
-    p.add_argument("--supervision", choices=["measured", "truth"], default="measured",
-                   help="measured (default): learn only from measured responses, noise ceilings and encoders "
-                        "fitted to them; truth: the simulation's true weights (an ablation; simulations only). "
-                        "Recorded in the checkpoint metadata")
-    p.add_argument("--loss", choices=["population", "query"], default="population",
-                   help="loss of the synthetic stages 1-2: population (error against the synthetic voxel's known "
-                        "encoder over the image distribution) or query (MSE on held-out query images, as "
-                        "published). Stage 3 on measured voxels always uses the query loss")
+    p.add_argument("--supervision", choices=["measured", "truth"], default="measured", help="measured (default): "
+                   "learn only from measured responses, noise ceilings and encoders fitted to them; truth: the "
+                   "simulation's true weights (an ablation; simulations only). Recorded in the checkpoint metadata")
+    p.add_argument("--loss", choices=["population", "query"], default="population", help="loss of the synthetic "
+                   "stages 1-2: population (error against the synthetic voxel's known encoder over the image "
+                   "distribution) or query (MSE on held-out query images, as published); stage 3 on measured voxels "
+                   "always uses the query loss")
     for flag, default in (("--d-model", 128), ("--layers", 4), ("--heads", 4), ("--train-seed", 0)):
         p.add_argument(flag, type=int, default=default)
     p.add_argument("--tokens", choices=["xy", "concat_xy"], default="concat_xy",
                    help="token content: [x; beta] as published, or also x * beta")
-    p.add_argument("--components", type=int, default=128,
-                   help="PCA (whitened) basis size inside the model; 0 for raw features")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--components", type=int, default=128, help="PCA (whitened) basis size inside the model; 0 for "
+                   "raw features")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser(
-        "evaluate", help="EV per K and ROI of a checkpoint and every baseline on a held-out subject",
-        description="Evaluate a checkpoint on a held-out subject: support images from its unique images, EV on "
-                    "its shared images, for braincorl, ridge, the Bayes oracle, the fully trained encoder and the "
-                    "anatomical average (on real NSD there is no ground truth: the oracle is skipped, and so is "
-                    "the anatomical average of volumetric voxels; the output says so). Prints a table and writes "
-                    "a CSV with columns subject,method,k,roi,ev,n_voxels,draw (roi 'all' is the mean over all "
-                    "voxels; fully_trained has k = number of unique images, anatomical k = 0). "
-                    f"{_SUBJECT_NUMBERS[0].upper() + _SUBJECT_NUMBERS[1:]}.")
+    p = sub.add_parser("evaluate", help="EV per K and ROI of a checkpoint and every baseline on a held-out subject",
+                       description=(
+        "Evaluate a checkpoint on a held-out subject: support images from its unique images, EV on its shared "
+        "images, for braincorl, ridge, the Bayes oracle, the fully trained encoder and the anatomical average (real "
+        "NSD has no ground truth: the oracle is skipped, and so is the anatomical average of volumetric voxels). "
+        "Prints a table and writes a CSV with columns subject,method,k,roi,ev,n_voxels,draw (roi 'all' is the mean "
+        "over all voxels; fully_trained has k = number of unique images, anatomical k = 0). "
+        f"{_SUBJECT_NUMBERS[0].upper() + _SUBJECT_NUMBERS[1:]}."))
     p.add_argument("--checkpoint", help="model .safetensors (default: the shipped SimNSD checkpoint)")
     _data_args(p, 1, "subject seed of a simulation: 1 (default) gives people the shipped model never saw")
     _subject_arg(p, "subject to evaluate")
     _k_args(p)
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the support draws")
     p.add_argument("--no-anatomical", action="store_true", help="skip the anatomical average (faster)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--out", help="CSV output path")
     p.set_defaults(func=_cmd_evaluate)
 
-    try:
-        from .nsd import cli as nsd_cli
-    except ImportError:  # pragma: no cover - the real-data commands are optional at import time
-        nsd_cli = None
-    if nsd_cli is not None:
-        nsd_cli.register(sub)
+    from .nsd.cli import register  # fetch, prepare-nsd, extract-features
+
+    register(sub)
     return parser
 
 

@@ -1,7 +1,9 @@
-"""Load the weights released with the official BraInCoRL code into :class:`BraInCoRL`.
+"""Load the weights released with the official BraInCoRL code into a
+:class:`~braincorl_lite.model.BraInCoRL`.
 
 The official code (``scripts/model.py`` of the BraInCoRL repository) names its layers after its
-own classes; :meth:`ModelConfig.paper` builds the same architecture under this package's names.
+own classes; :meth:`ModelConfig.paper <braincorl_lite.model.ModelConfig.paper>` builds the same
+architecture under this package's names.
 This module maps one naming onto the other, infers the sizes from the tensor shapes and checks
 that every tensor is accounted for:
 
@@ -144,7 +146,8 @@ def _n_layers(state: StateDict) -> int:
 
 def infer_official_config(state_dict: StateDict, n_heads: int = 10,
                           dropout: float = 0.5) -> ModelConfig:
-    """The :meth:`ModelConfig.paper`-style configuration that fits an official state dict.
+    """The configuration, in the style of :meth:`~braincorl_lite.model.ModelConfig.paper`, that fits an
+    official state dict.
 
     ``n_features``, ``d_model``, ``n_layers``, ``n_registers``, ``ffn_hidden`` and the MLP
     widths are read off the tensor shapes; ``n_heads`` and ``dropout`` are not stored and are
@@ -175,7 +178,7 @@ def infer_official_config(state_dict: StateDict, n_heads: int = 10,
 
 def load_official_model(state_dict_or_path: Union[StateDict, str, Path], n_heads: int = 10,
                         dropout: float = 0.5) -> BraInCoRL:
-    """A :class:`BraInCoRL` holding the weights of an official BraInCoRL checkpoint.
+    """A :class:`~braincorl_lite.model.BraInCoRL` holding the weights of an official checkpoint.
 
     Parameters
     ----------
@@ -192,8 +195,9 @@ def load_official_model(state_dict_or_path: Union[StateDict, str, Path], n_heads
     Returns
     -------
     BraInCoRL
-        Configured as :meth:`ModelConfig.paper` with the sizes of the checkpoint, in eval mode,
-        on the CPU, in float32. Its output ``[w ; b]`` is the official ``weights`` output.
+        Configured as :meth:`ModelConfig.paper <braincorl_lite.model.ModelConfig.paper>` with the
+        sizes of the checkpoint, in eval mode, on the CPU, in float32. Its output ``[w ; b]`` is
+        the official ``weights`` output.
 
     Raises
     ------

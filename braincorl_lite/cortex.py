@@ -30,11 +30,13 @@ __all__ = ["FLOC_CATEGORIES", "NSD_ROI_CATEGORIES", "ROI_CATEGORIES", "ROIS", "R
 FLOC_CATEGORIES = ("characters", "bodies", "faces", "places", "objects")
 #: the categories of NSD's category-selective ROIs
 NSD_ROI_CATEGORIES = ("faces", "bodies", "places", "words")
-#: the categories preferred by SimNSD's ROIs: NSD's four plus food (a SimNSD extra)
+#: the categories preferred by SimNSD's ROIs, NSD's four plus food (a SimNSD extra)
 ROI_CATEGORIES = ("faces", "bodies", "places", "words", "food")
 
 #: ROI -> (preferred category, [(hemisphere, x, y, z), ...], radius in mm). Approximate published
 #: peak coordinates (MNI, mm) from the category-localiser literature; "food" is SimNSD's extra.
+#:
+#: :meta hide-value:
 ROIS: Dict[str, Tuple[str, List[tuple], float]] = {
     "FFA": ("faces", [("R", 40, -52, -18), ("L", -40, -54, -18)], 15.0),
     "OFA": ("faces", [("R", 42, -78, -10), ("L", -40, -80, -10)], 13.0),

@@ -1,18 +1,14 @@
 """The one per-subject data container shared by SimNSD and real NSD, and the episode sampler.
 
-Every analysis in the book takes a :class:`SubjectData`, whatever produced it:
-:func:`braincorl_lite.simulate.simulate_simnsd` (simulation, with ground truth) or
-:func:`braincorl_lite.nsd.prepare_subject` (real NSD files, no ground truth).
+Every analysis takes a :class:`SubjectData`, from :func:`braincorl_lite.simulate.simulate_simnsd`
+(with ground truth) or :func:`braincorl_lite.nsd.prepare_subject` (real NSD, no ground truth):
 
-Conventions
------------
-* ``features`` are image embeddings, one row per image, L2-normalised (unit norm).
-* ``betas`` are single-image responses averaged over repeats, ``(n_images, n_voxels)``.
-* ``shared_mask`` marks the images every subject saw (NSD's 1,000 shared images); they are the
-  query set of the paper's evaluation. The other images are the subject's unique images, from
-  which support sets are drawn.
-* ``noise_ceiling`` is a fraction in [0, 1]: the share of the variance of the averaged betas that
-  is stimulus-driven (NSD's noise ceiling divided by 100).
+* ``features``: unit-norm (L2) image embeddings, one row per image;
+* ``betas``: responses averaged over repeats, ``(n_images, n_voxels)``;
+* ``shared_mask``: the images every subject saw (NSD's 1,000 shared images), the query set of the
+  paper's evaluation; support sets come from the other, unique, images;
+* ``noise_ceiling``: the stimulus-driven share of the variance of the averaged betas, in [0, 1]
+  (NSD's noise ceiling divided by 100).
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -205,12 +201,10 @@ class SubjectData:
         idx = np.asarray(idx)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
-        return SubjectData(
-            subject=self.subject, features=self.features, betas=self.betas[:, idx], image_ids=self.image_ids,
-            shared_mask=self.shared_mask, roi=self.roi[idx], vertex=self.vertex[idx],
-            noise_ceiling=self.noise_ceiling[idx], n_repeats=self.n_repeats, captions=self.captions,
-            truth=None if self.truth is None else self.truth.select(idx), meta=dict(self.meta),
-            voxel_info={k: v[idx] for k, v in self.voxel_info.items()}, image_info=self.image_info)
+        return replace(self, betas=self.betas[:, idx], roi=self.roi[idx], vertex=self.vertex[idx],
+                       noise_ceiling=self.noise_ceiling[idx], meta=dict(self.meta),
+                       truth=None if self.truth is None else self.truth.select(idx),
+                       voxel_info={k: v[idx] for k, v in self.voxel_info.items()})
 
     def __repr__(self) -> str:
         kind = "simulated" if self.is_simulated else "measured"

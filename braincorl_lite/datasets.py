@@ -1,9 +1,7 @@
 """One entry point for the book's datasets: SimNSD, SimB5K (simulations) and prepared real NSD.
 
-Every notebook starts with ``dataset = "simnsd"`` in its parameters cell and calls
-:func:`load_dataset`; the rest of the notebook only sees a list of
-:class:`~braincorl_lite.data.SubjectData` containers, so it runs unchanged on real NSD once the
-containers have been prepared (see the book's "Running on real NSD" page).
+Every notebook calls :func:`load_dataset` with the ``dataset`` of its parameters cell and then only
+sees :class:`~braincorl_lite.data.SubjectData` containers, so it runs unchanged on prepared real NSD.
 """
 
 from __future__ import annotations
@@ -179,10 +177,10 @@ def load_dataset(dataset: str = "simnsd", size: str = "default", seed: int = 0,
         ``"simnsd"`` and ``"simb5k"`` are generated on the fly (simulations, no download);
         ``"nsd"`` loads ``prepared/subjNN.npz`` files written by ``braincorl-lite prepare-nsd``.
     size : {"default", "fast", "tiny"}
-        Size of a simulated dataset (ignored for NSD).
+        Size of a simulated dataset.
     seed : int
         Subject seed of a simulation: new seeds give new people in the same stimulus world
-        (SimB5K adds 5000 to it, so its people never repeat SimNSD's). Ignored for NSD.
+        (SimB5K adds 5000 to it, so its people never repeat SimNSD's).
     subjects : sequence of int, optional
         1-based NSD subject numbers to load; by default every prepared subject found.
     data_dir : path, optional
@@ -190,10 +188,10 @@ def load_dataset(dataset: str = "simnsd", size: str = "default", seed: int = 0,
     progress : bool
         Show a progress bar while simulating.
     world_seed : int
-        World seed of a simulation (stimulus world and population prior); 0, the default, is the
-        world the shipped model was trained in. Ignored for NSD.
+        World seed of a simulation (stimulus world and population prior); 0 is the shipped model's.
     **overrides
-        :class:`~braincorl_lite.simulate.SimConfig` fields for a simulation.
+        :class:`~braincorl_lite.simulate.SimConfig` fields for a simulation (NSD ignores the
+        simulation arguments).
 
     Returns
     -------

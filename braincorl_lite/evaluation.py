@@ -19,8 +19,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from .baselines import (anatomical_average, bayes_oracle, fit_ridge, fit_ridge_paper, fully_trained,
-                        predict_linear)
+from .baselines import (_neighbours, anatomical_average, bayes_oracle, fit_ridge, fit_ridge_paper,
+                        fully_trained, predict_linear)
 from .data import SubjectData
 from .errors import ConfigError, NonFiniteError
 from .metrics import explained_variance
@@ -44,7 +44,8 @@ def _as_int(value, what: str) -> int:
 
 
 def check_n_draws(n_draws) -> int:
-    """``n_draws`` as a positive int; :class:`ConfigError` otherwise (0 draws would evaluate nothing)."""
+    """``n_draws`` as a positive int; :class:`~braincorl_lite.errors.ConfigError` otherwise (0 draws
+    would evaluate nothing)."""
     n = _as_int(n_draws, "n_draws")
     if n < 1:
         raise ConfigError(f"n_draws must be at least 1 (0 draws would leave every few-shot method out "
@@ -53,7 +54,8 @@ def check_n_draws(n_draws) -> int:
 
 
 def check_ks(ks, n_unique: int, subject: str = "the subject") -> list:
-    """Support sizes as a list of ints, each between 1 and ``n_unique``; :class:`ConfigError` otherwise.
+    """Support sizes as a list of ints, each between 1 and ``n_unique``;
+    :class:`~braincorl_lite.errors.ConfigError` otherwise.
 
     >>> check_ks([10, 100.0], 300)
     [10, 100]
@@ -106,11 +108,8 @@ def few_shot_methods(data: SubjectData, prior=None, include=KNOWN_METHODS) -> Di
     unknown = [m for m in include if m not in KNOWN_METHODS]
     if unknown:
         raise ConfigError(f"unknown few-shot method(s) {unknown}; known: {list(KNOWN_METHODS)}")
-    methods: Dict[str, Method] = {}
-    if "ridge" in include:
-        methods["ridge"] = lambda X, Y: fit_ridge(X, Y)
-    if "ridge_paper" in include:
-        methods["ridge_paper"] = lambda X, Y: fit_ridge_paper(X, Y)
+    methods: Dict[str, Method] = {m: fit for m, fit in (("ridge", fit_ridge), ("ridge_paper", fit_ridge_paper))
+                                  if m in include}
     if "oracle" in include:
         if data.truth is None or prior is None:
             raise ConfigError("the Bayes oracle needs ground truth and the true prior (simulated data only)")
@@ -120,7 +119,8 @@ def few_shot_methods(data: SubjectData, prior=None, include=KNOWN_METHODS) -> Di
 
 
 def braincorl_method(model, chunk_size: int = 512) -> Method:
-    """A :class:`~braincorl_lite.model.BraInCoRL` as a few-shot method, through :func:`fit_braincorl`."""
+    """A :class:`~braincorl_lite.model.BraInCoRL` as a few-shot method, through
+    :func:`~braincorl_lite.model.fit_braincorl`."""
     from .model import fit_braincorl
 
     def fit(X, Y):
@@ -250,22 +250,13 @@ def anatomical_for(dataset, heldout: int, train_idx: Optional[Sequence[int]] = N
     vertex = target.vertex if voxels is None else target.select_voxels(voxels).vertex
     if np.any(vertex < 0):
         raise ValueError("the anatomical average needs surface vertices; volumetric voxels (vertex -1) have none")
-    if voxels is not None:
-        from scipy.spatial import cKDTree
-
-        from .cortex import fsaverage5_mesh
-
-        coords = np.asarray(fsaverage5_mesh()[0], float).copy()
-        coords[len(coords) // 2:, 0] += 1e4  # keep the hemispheres apart, as anatomical_average does
     train = []
     for i in train_idx:
         s = dataset[i]
         if voxels is None:
             train.append((s.vertex, *fully_trained(s)))
             continue
-        tree = cKDTree(coords[s.vertex])
-        hits = tree.query_ball_point(coords[vertex], r=radius)
-        nearest = np.atleast_1d(tree.query(coords[vertex], k=1)[1]).astype(int)
+        hits, nearest = _neighbours(s.vertex, vertex, radius)
         needed = np.unique(np.concatenate([np.asarray(h, int) for h in hits] + [nearest]))
         train.append((s.vertex[needed], *fully_trained(s.select_voxels(needed))))
     return anatomical_average(train, vertex, radius=radius)

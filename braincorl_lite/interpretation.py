@@ -122,7 +122,8 @@ def attention_precision_table(attention, image_category, roi, n: int = 10, respo
                               roi_category: Optional[Mapping[str, str]] = None):
     """Top-``n`` precision of attention (n_voxels, K) per ROI, beside chance.
 
-    ROIs missing from ``roi_category`` (default :data:`ROI_CATEGORY`; e.g. "other") are skipped.
+    ROIs missing from ``roi_category`` (default :data:`~braincorl_lite.cortex.ROI_CATEGORY`; e.g.
+    "other") are skipped.
     Returns a DataFrame indexed by ROI with ``category, n_voxels, precision, chance`` (the
     category's share of the support set) and ``ratio``; with the support ``responses``
     (n_voxels, K), also ``precision_top_response`` (the ``n`` highest responses instead).
@@ -333,7 +334,8 @@ def prompt_confusion(roi, predicted, roi_category: Optional[Mapping[str, str]] =
     """Confusion table of prompt classification and the accuracy of each ROI (or category).
 
     ``predicted`` is the winning prompt category per voxel (:func:`classify_by_prompts`);
-    voxels of ROIs missing from ``roi_category`` (default :data:`ROI_CATEGORY`) are skipped.
+    voxels of ROIs missing from ``roi_category`` (default
+    :data:`~braincorl_lite.cortex.ROI_CATEGORY`) are skipped.
     ``categories`` orders the columns; ``by="category"`` pools the ROIs of each category.
 
     Returns

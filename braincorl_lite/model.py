@@ -16,7 +16,7 @@ Each voxel is one task. The model reads ``K`` support pairs ``(x_i, y_i)`` -- an
 
 There is no positional encoding, so the output does not depend on the order of the support
 set; padding (``mask == False``) is hidden from attention. Exact speed shortcuts live in
-:mod:`braincorl_lite._fastpath` and are switched by :attr:`BraInCoRL.fast_paths`.
+``_fastpath`` and are switched by :attr:`BraInCoRL.fast_paths`.
 """
 
 from __future__ import annotations
@@ -128,9 +128,7 @@ class ModelConfig:
         return cls(**values)
 
 
-# --------------------------------------------------------------------------------------------
-# Blocks
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------- blocks
 class ResidualMLP(nn.Module):
     """``skip(z) + fc2(drop(gelu(fc1(norm(z)))))``, ``skip`` linear when the widths differ."""
 
@@ -236,9 +234,7 @@ class TransformerBlock(nn.Module):
         return z + (self.drop(ffn) if self.ffn_dropout else ffn)
 
 
-# --------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------- the model
 class BraInCoRL(nn.Module):
     """In-context transformer that predicts one linear encoder per voxel from support examples.
 
@@ -260,7 +256,7 @@ class BraInCoRL(nn.Module):
         self.config = cfg = config if config is not None else ModelConfig.lite()
         d, E, P = cfg.d_model, cfg.n_features, cfg.feature_dim
         official = cfg.block == "official"
-        #: use the exact shortcuts of :mod:`braincorl_lite._fastpath` (False: the plain forward)
+        #: use the exact shortcuts of ``_fastpath`` (False for the plain forward)
         self.fast_paths = True
 
         # fixed (not trained) feature transform x' = (x - feature_mean) @ feature_proj
@@ -371,7 +367,6 @@ class BraInCoRL(nn.Module):
         dtype = self.registers.dtype  # contiguous responses keep later products fast
         return support_x.to(dtype), support_y.to(dtype).contiguous(), mask
 
-    # ---------------------------------------------------------------------------------------
     def n_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameters; buffers are not counted."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

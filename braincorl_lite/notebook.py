@@ -1,12 +1,10 @@
 """Support for the book's notebooks: recorded values, execution, exercises and student editions.
 
-Notebooks call :func:`record` for the numbers a chapter reports (an EV table, an accuracy); the
-tests execute the notebooks with papermill and read those numbers back with
-:func:`read_records`, so they check results, not just that a notebook ran. The exercise contract
-and the glue rule of ``notebooks/README.md`` are checked by :func:`check_notebook`.
-
-Executing every notebook in place, as the book's main command does; checking the chapters;
-writing the student editions (solutions removed, outputs cleared)::
+Notebooks :func:`record` the numbers a chapter reports; the tests execute the notebooks with
+papermill and read them back (:func:`read_records`), so they check results, not just that a
+notebook ran. :func:`check_notebook` checks the exercise contract and glue rule of
+``notebooks/README.md``. Executing every notebook in place (the book's main command), checking the
+chapters, writing the student editions (solutions removed, outputs cleared)::
 
     python -m braincorl_lite.notebook notebooks/*.ipynb --timings runs/notebook_timings.csv
     python -m braincorl_lite.notebook check notebooks/*.ipynb
@@ -37,22 +35,18 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 def _jsonable(value):
-    if hasattr(value, "to_dict") and hasattr(value, "columns"):  # DataFrame: {column: {index: value}}
-        return {str(c): {str(i): _jsonable(v) for i, v in col.items()} for c, col in value.to_dict().items()}
-    if hasattr(value, "to_dict"):  # Series
-        return {str(i): _jsonable(v) for i, v in value.to_dict().items()}
+    """``value`` with string keys, Python numbers and NaN/inf as None (pandas objects as dicts)."""
+    if hasattr(value, "to_dict"):  # DataFrame {column: {index: value}}, Series {index: value}
+        value = value.to_dict()
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in np.asarray(value, dtype=object).tolist()] if isinstance(value, np.ndarray) \
-            else [_jsonable(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    return value
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def record(name: str, value) -> None:
@@ -81,22 +75,22 @@ def glue(name: str, value) -> None:
 
     if isinstance(value, str):
         value = Markdown(value)
-    elif isinstance(value, (np.bool_, bool)):
-        value = bool(value)
-    elif isinstance(value, np.integer):
-        value = int(value)
-    elif isinstance(value, (np.floating, float)):
-        value = float(value)
+    elif isinstance(value, np.generic):
+        value = value.item()
     _glue(name, value, display=False)
+
+
+def _read(notebook):
+    """An nbformat notebook from a path (or the notebook itself)."""
+    import nbformat
+
+    return nbformat.read(str(notebook), as_version=4) if isinstance(notebook, (str, Path)) else notebook
 
 
 def read_records(notebook) -> dict:
     """All values recorded with :func:`record` in an executed notebook (path or nbformat node)."""
-    import nbformat
-
-    nb = nbformat.read(str(notebook), as_version=4) if isinstance(notebook, (str, Path)) else notebook
     out = {}
-    for cell in nb.cells:
+    for cell in _read(notebook).cells:
         for o in cell.get("outputs", []):
             data = o.get("data", {})
             if RECORD_MIME in data:
@@ -107,18 +101,15 @@ def read_records(notebook) -> dict:
 
 def strip_volatile(nb):
     """Remove metadata that changes on every run (timings, papermill bookkeeping) from a notebook."""
-    nb.metadata.pop("papermill", None)
-    nb.metadata.pop("widgets", None)
+    for key in ("papermill", "widgets"):
+        nb.metadata.pop(key, None)
     for cell in nb.cells:
-        cell.metadata.pop("papermill", None)
-        cell.metadata.pop("execution", None)
-        cell.metadata.pop("ExecuteTime", None)
-        if cell.cell_type == "code":
-            for o in cell.get("outputs", []):
-                # progress-bar widgets cannot be rendered statically; keep their text form
-                data = o.get("data")
-                if data and "application/vnd.jupyter.widget-view+json" in data and "text/plain" in data:
-                    data.pop("application/vnd.jupyter.widget-view+json")
+        for key in ("papermill", "execution", "ExecuteTime"):
+            cell.metadata.pop(key, None)
+        for o in cell.get("outputs", []):  # progress-bar widgets cannot be rendered: keep their text form
+            data = o.get("data")
+            if data and "application/vnd.jupyter.widget-view+json" in data and "text/plain" in data:
+                data.pop("application/vnd.jupyter.widget-view+json")
     return nb
 
 
@@ -130,27 +121,20 @@ def execute_notebook(path, out=None, parameters: Optional[dict] = None, kernel_n
     is the notebook's folder unless ``cwd`` is given. The kernel uses matplotlib's inline backend,
     so figures are embedded even when ``MPLBACKEND`` is set to a non-interactive backend.
     """
+    from unittest.mock import patch
+
     import nbformat
     import papermill as pm
 
     path = Path(path)
     out = Path(out) if out is not None else path
-    # figures must be embedded in the notebook whatever the caller's MPLBACKEND (often "agg",
-    # which would silently drop every figure): the kernel inherits this environment
-    saved = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = INLINE_BACKEND
-    try:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    # the kernel inherits the environment: a caller's MPLBACKEND=agg would silently drop every figure
+    with patch.dict(os.environ, MPLBACKEND=INLINE_BACKEND):
         pm.execute_notebook(str(path), str(out), parameters=parameters or {}, kernel_name=kernel_name,
                             cwd=str(cwd or path.parent), progress_bar=False, execution_timeout=timeout)
-        seconds = time.perf_counter() - t0
-    finally:
-        if saved is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = saved
-    nb = nbformat.read(str(out), as_version=4)
-    nbformat.write(strip_volatile(nb), str(out))
+    seconds = time.perf_counter() - t0
+    nbformat.write(strip_volatile(nbformat.read(str(out), as_version=4)), str(out))
     return seconds
 
 
@@ -161,12 +145,6 @@ EXERCISE, SOLUTION = "exercise", "solution"
 #: words before a number that make it a label, not a result ("Exercise 2.1", "chapter 3.2")
 _LABEL = re.compile(r"(exercises?|chapters?|sections?|figures?|tables?|equations?|eq\.|versions?|v)\s*(\d*\.?\d+\s*(,|and|or|to)\s*)*$", re.I)
 _NUMBER = re.compile(r"(?<![\w.])(\d*\.\d+|\d+)(\s*%)?")
-
-
-def _read(notebook):
-    import nbformat
-
-    return nbformat.read(str(notebook), as_version=4) if isinstance(notebook, (str, Path)) else notebook
 
 
 def _tags(cell) -> list:
@@ -369,10 +347,9 @@ def _chapters(paths) -> list:
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    argv = list(argv) if argv is not None else None
     import sys
 
-    args_in = argv if argv is not None else sys.argv[1:]
+    args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in and args_in[0] == "students":
         parser = argparse.ArgumentParser(prog="python -m braincorl_lite.notebook students",
                                          description="Write student editions: solutions removed, outputs cleared.")
@@ -414,12 +391,11 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     total = time.perf_counter() - total
     print(f"all notebooks: {total:.1f} s")
     if args.timings:
+        import pandas as pd
+
         args.timings.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.timings, "w") as f:
-            f.write("notebook,seconds\n")
-            for name, s in rows:
-                f.write(f"{name},{s:.1f}\n")
-            f.write(f"all,{total:.1f}\n")
+        table = pd.DataFrame(rows + [("all", total)], columns=["notebook", "seconds"])
+        table.to_csv(args.timings, index=False, float_format="%.1f")
         print(f"wrote {args.timings}")
     return 0
 

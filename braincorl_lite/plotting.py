@@ -20,7 +20,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from .cortex import N_VERTICES
+from .cortex import N_VERTICES, ROIS, fsaverage5_mesh, roi_labels
 from .datasets import dataset_label
 
 __all__ = ["METHOD_STYLE", "STAGE_COLORS", "CATEGORY_COLORS", "ROI_COLORS", "mark_simulated", "log_k_axis",
@@ -30,6 +30,8 @@ __all__ = ["METHOD_STYLE", "STAGE_COLORS", "CATEGORY_COLORS", "ROI_COLORS", "mar
 
 # ---------------------------------------------------------------------------- styles and provenance
 #: colour, label and line style of each method, the same in every chapter
+#:
+#: :meta hide-value:
 METHOD_STYLE = {
     "braincorl": dict(color="#d62728", label="BraInCoRL-lite", marker="o"),
     "braincorl_truth": dict(color="#ff9896", label="BraInCoRL-lite, truth-supervised (ablation)", marker="o",
@@ -43,10 +45,14 @@ METHOD_STYLE = {
 #: colour of each training stage in loss-curve figures
 STAGE_COLORS = {"pretrain": "#1f77b4", "extend": "#ff7f0e", "finetune": "#2ca02c"}
 #: colour of each image category (the categories of the ROIs first)
+#:
+#: :meta hide-value:
 CATEGORY_COLORS = {"faces": "#d62728", "bodies": "#ff7f0e", "places": "#2ca02c", "food": "#8c564b",
                    "words": "#9467bd", "animals": "#17becf", "vehicles": "#1f77b4", "objects": "#7f7f7f",
                    "plants": "#bcbd22", "sports": "#e377c2"}
 #: outline colour of each ROI on cortical maps
+#:
+#: :meta hide-value:
 ROI_COLORS = {"FFA": "#00e5ff", "OFA": "#0072b2", "FBA": "#ffd700", "EBA": "#e69f00", "PPA": "#39ff14",
               "OPA": "#009e73", "RSC": "#8c8cff", "VWFA": "#ff00ff", "food": "#a0522d"}
 
@@ -470,8 +476,6 @@ def voxels_to_surface(data, values, fill_mm: float = 0.0) -> np.ndarray:
     if fill_mm > 0:
         from scipy.spatial import cKDTree
 
-        from .cortex import fsaverage5_mesh
-
         coords, hemi = fsaverage5_mesh()
         for h in ("L", "R"):
             src = data.vertex[hemi[data.vertex] == h]
@@ -485,8 +489,6 @@ def voxels_to_surface(data, values, fill_mm: float = 0.0) -> np.ndarray:
 
 def _template_rois() -> np.ndarray:
     """ROI name of every fsaverage5 vertex in the SimNSD cortex template (published centres, no jitter)."""
-    from .cortex import ROIS, fsaverage5_mesh, roi_labels
-
     coords, hemi = fsaverage5_mesh()
     centres = {r: [(h, np.array([x, y, z], float)) for h, x, y, z in pts] for r, (_, pts, _) in ROIS.items()}
     return roi_labels(coords, hemi, centres, {r: spec[2] for r, spec in ROIS.items()})
@@ -539,8 +541,6 @@ def surface_maps(data, maps: Dict[str, np.ndarray], views: Sequence[str] = ("ven
     if symmetric:
         lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
     vmin, vmax = lo if vmin is None else vmin, hi if vmax is None else vmax
-    from .cortex import ROIS
-
     names = list(ROIS) if rois is True else list(rois or [])
     if set(names) - set(ROIS):
         raise ValueError(f"unknown ROI(s) {sorted(set(names) - set(ROIS))}; known: {list(ROIS)}")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from .data import atomic_write
 from .errors import NonFiniteError, RunDirError
 
 CHECKPOINT, LOCK, LOG = "checkpoint.pt", "train.lock", "log.jsonl"
@@ -33,21 +35,16 @@ _FIX = "use a new folder, or resume=False to start it over"
 
 def commit(run_dir: Path, state: dict) -> None:
     """Write ``state`` as ``run_dir/checkpoint.pt``: all of it or, after a kill, none of it."""
-    path = run_dir / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(run_dir / CHECKPOINT) as tmp, open(tmp, "wb") as fh:
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable (POSIX; folders cannot be opened on Windows)
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; Windows cannot open folders)
         fd = os.open(run_dir, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
-        pass
 
 
 def save(run_dir: Path, model, optimizer, generators: dict, rng, head: dict, extra: dict, data: str, log) -> None:
@@ -251,7 +248,5 @@ def release_freed_memory() -> None:
     import ctypes
     import ctypes.util
 
-    try:
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl without it)
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl without it)
-        pass

@@ -41,8 +41,10 @@ from .metrics import noise_ceiling_from_repeats
 __all__ = ["CATEGORIES", "SimConfig", "SIZES", "World", "MixturePrior", "SimDataset", "TextEncoder",
            "noun_phrase", "simulate_simnsd", "simulate_simb5k", "sim_config"]
 
-#: category -> {concept: synonyms}: the stimulus world and the text encoder's vocabulary. Faces,
-#: bodies, places and words are NSD's ROI categories; food has a SimNSD ROI too (see ``cortex``).
+#: the stimulus world and the text encoder's vocabulary, as ``category -> {concept -> synonyms}``.
+#: Faces, bodies, places and words are NSD's ROI categories; food has a SimNSD ROI too (see ``cortex``).
+#:
+#: :meta hide-value:
 CATEGORIES: Dict[str, Dict[str, List[str]]] = {
     "faces": {"face": ["face", "faces", "facial", "head"], "portrait": ["portrait", "headshot", "selfie"],
               "baby": ["baby", "infant", "toddler"], "woman": ["woman", "women", "girl", "lady"],
@@ -165,6 +167,8 @@ class SimConfig:
 
 
 #: named sizes; "default" is the calibrated book dataset, "fast" for notebooks in CI, "tiny" for unit tests
+#:
+#: :meta hide-value:
 SIZES: Dict[str, SimConfig] = {
     "default": SimConfig(),
     "fast": SimConfig(n_subjects=4, n_unique=1200, n_shared=300, voxel_fraction=(0.18, 0.24)),
@@ -419,9 +423,9 @@ class TextEncoder:
     ['man', 'living room']
     """
 
-    #: weight of the common direction in a text embedding (images: ``World.common_weight``)
+    #: weight of the common direction in a text embedding (for images, ``World.common_weight``)
     text_common = 1.5
-    #: weight of the text-only direction: CLIP's image/text "modality gap"
+    #: weight of the text-only direction, CLIP's image/text "modality gap"
     modality_gap = 1.5
 
     def __init__(self, world: World):

@@ -1,14 +1,12 @@
 """The tasks of meta-training: where each step's voxels, images and targets come from.
 
-A task is one voxel: K support images with its responses, and a target, either query images
-with its responses (the query loss) or its known encoder (the population loss). One step draws
-one set of support images and B voxels that all see them (one subject's voxels do see the same
-images), so one forward pass trains B tasks.
+A task is one voxel: K support images with its responses, and a target, either query images with
+its responses (query loss) or its known encoder (population loss). One step draws one set of
+support images and B voxels that all see them, so one forward pass trains B tasks.
 
-* :class:`GaussianVoxels` — synthetic voxels from a Gaussian prior over encoders (stages 1-2);
-  the prior comes from measured data (:func:`measured_prior`) or, in the truth ablation, from
-  the simulation's true encoders.
-* :class:`SubjectVoxels` — the training subjects' own voxels (stage 3).
+* :class:`GaussianVoxels`: synthetic voxels from a Gaussian prior over encoders (stages 1-2), from
+  measured data (:func:`measured_prior`) or, in the truth ablation, true encoders (:func:`truth_prior`).
+* :class:`SubjectVoxels`: the training subjects' own voxels (stage 3).
 """
 
 from __future__ import annotations

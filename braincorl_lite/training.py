@@ -1,35 +1,26 @@
 """Meta-training of the in-context encoder in three stages, as published.
 
-1. **pretrain** — synthetic voxels: encoders drawn from one Gaussian fitted to the training
-   subjects' voxels, Gaussian noise (:class:`~braincorl_lite.tasks.GaussianVoxels`).
-2. **extend** — the same synthetic voxels with a support size drawn per step, ``K ~ U(k_min, k_max)``.
-3. **finetune** — the training subjects' own voxels (:class:`~braincorl_lite.tasks.SubjectVoxels`;
-   one or more subjects held out).
+1. **pretrain**: synthetic voxels, encoders drawn from a Gaussian fitted to the training subjects'
+   voxels, Gaussian noise (:class:`~braincorl_lite.tasks.GaussianVoxels`).
+2. **extend**: the same with a support size drawn per step, ``K ~ U(k_min, k_max)``.
+3. **finetune**: the training subjects' own voxels (:class:`~braincorl_lite.tasks.SubjectVoxels`).
 
-Supervision
------------
-``supervision="measured"`` (the default, and the recipe of every shipped model) uses only what an
-experimenter measures: the prior of stages 1-2 is a Gaussian fitted to *fully trained* ridge
-encoders of the training subjects, the synthetic noise comes from the measured noise ceilings,
-and stage 3 uses the query loss on held-out images of the same voxels, disjoint from the
-support. The subjects' ground truth is stripped first, so no code path can read it.
-``supervision="truth"`` (prior and noise from the simulation's true weights and noise, population
-loss against the true weights in stage 3) is a labelled ablation: what the privileged signal is worth.
+**Supervision.** ``"measured"`` (the default; every shipped model) uses only what an experimenter
+measures: the stage 1-2 prior is fitted to *fully trained* ridge encoders, the synthetic noise comes
+from the noise ceilings, and stage 3 uses the query loss on held-out images of the same voxels,
+disjoint from the support. The ground truth is stripped first, so no code path can read it.
+``"truth"`` (true weights and noise; population loss in stage 3) is a labelled ablation: what the
+privileged signal is worth.
 
-Loss
-----
-``loss="query"`` is the published one: the mean squared error on held-out query images of the
-same voxels. ``loss="population"`` compares the predicted and the known encoders through the
-image distribution, ``(theta_hat - theta)^T M (theta_hat - theta)`` with ``M = E[phi phi^T]``,
-``phi = [x, 1]``: the query error on infinitely many noise-free query images, whose minimiser is
-the Bayes posterior mean (:func:`~braincorl_lite.baselines.bayes_oracle`). Both are divided by
-each voxel's response variance, so every voxel counts the same (like EV). ``loss`` applies to the
-synthetic stages (and to stage 3 under ``"truth"``); measured voxels have no known weights, so
-stage 3 under ``"measured"`` always uses the query loss.
+**Loss.** ``"query"`` (published) is the mean squared error on held-out query images.
+``"population"`` is ``(theta_hat - theta)^T M (theta_hat - theta)`` with ``M = E[phi phi^T]``,
+``phi = [x, 1]``: the query error on infinitely many noise-free images, minimised by the Bayes
+posterior mean (:func:`~braincorl_lite.baselines.bayes_oracle`). Both are divided by each voxel's
+response variance, so every voxel counts the same (like EV). Measured voxels have no known
+weights: stage 3 under ``"measured"`` always uses the query loss.
 
-Runs are resumable and crash-safe (:mod:`braincorl_lite.runs`). Rerunning into a folder continues
-its run only with the same recipe (:class:`TrainConfig`) and the same training data; anything
-else is refused: pass a new folder, or ``resume=False`` to start over.
+Runs are resumable and crash-safe (:mod:`braincorl_lite.runs`), but only with the same recipe
+(:class:`TrainConfig`) and training data: pass a new folder, or ``resume=False`` to start over.
 """
 
 from __future__ import annotations
@@ -63,12 +54,17 @@ class StageConfig:
 
     Attributes
     ----------
-    name : {"pretrain", "extend", "finetune"}
+    name : str
+        ``"pretrain"``, ``"extend"`` or ``"finetune"``.
     steps : int
-    k_min, k_max : int
-        Support size range: every step draws ``K ~ U(k_min, k_max)`` (both equal: a fixed K).
-    lr, lr_min : float
-        Peak learning rate (after a short warm-up) and the floor of its cosine decay.
+    k_min : int
+        Smallest support size: every step draws ``K ~ U(k_min, k_max)``.
+    k_max : int
+        Largest support size (equal to ``k_min``: a fixed K).
+    lr : float
+        Peak learning rate, after a short warm-up.
+    lr_min : float
+        Floor of its cosine decay.
     batch_voxels : int
         Voxels (tasks) per step, all seeing the same support images.
     n_query : int
@@ -205,8 +201,8 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
     Parameters
     ----------
     train_subjects : sequence of SubjectData
-        Subjects whose voxels define the prior (stages 1-2) and the finetuning tasks (stage 3).
-        Held-out subjects must not be among them.
+        Subjects whose voxels define the prior (stages 1-2) and the finetuning tasks (stage 3); not
+        the held-out ones.
     run_dir : path
         Output folder (see :mod:`braincorl_lite.runs`).
     config : TrainConfig, optional
@@ -224,10 +220,9 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
     stop_after_steps : int, optional
         Save and return after this many steps of this call (a run to be resumed later).
     callback : callable, optional
-        ``callback(step, model)`` every ``eval_every`` steps of the run and after its last step,
-        with the model in eval mode, without gradients and with the random states kept: e.g. the
-        EV on a held-out subject. A number (logged as ``"eval"``) or a dict of numbers that it
-        returns is added to that step's line of the log.
+        ``callback(step, model)`` every ``eval_every`` steps and after the last one, in eval mode,
+        without gradients, random states kept (e.g. the EV on a held-out subject). A number it
+        returns (logged as ``"eval"``) or a dict of numbers is added to that step's log line.
 
     Returns
     -------
@@ -239,8 +234,7 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
     ConfigError
         A setting that cannot work (checked before any training).
     RunDirError
-        ``run_dir`` is in use by another run, holds a run with another recipe or other training
-        data, or holds a damaged checkpoint.
+        ``run_dir`` is in use, or holds a run with another recipe or data, or a damaged checkpoint.
     NonFiniteError
         The loss or the gradient became NaN or infinite: training stops, nothing of that step is saved.
     KeyboardInterrupt
@@ -249,10 +243,9 @@ def train(train_subjects: Sequence[SubjectData], run_dir, config: Optional[Train
 
     Notes
     -----
-    Under ``torchrun --nproc_per_node=N`` the run is data-parallel (DistributedDataParallel; gloo
-    on CPU, nccl on GPU): every rank draws the same episode and trains on its share of the
-    ``batch_voxels`` voxels, gradients are averaged, so each step equals one single-process step
-    on the whole batch. Rank 0 writes the log and the checkpoints and calls ``callback``.
+    Under ``torchrun --nproc_per_node=N`` the run is data-parallel (DDP; gloo on CPU, nccl on GPU):
+    every rank draws the same episode and trains on its share of the voxels; averaged gradients
+    make each step one single-process step on the whole batch. Rank 0 writes and calls ``callback``.
     """
     rank, world, local_rank = distributed()
     device = torch.device(resolve_device(device))
@@ -276,6 +269,7 @@ def _train(train_subjects, run_dir: Path, config, device, resume, progress, refe
     from tqdm.auto import tqdm
 
     main = rank == 0
+    say = print if main else (lambda *args: None)  # rank 0 speaks for every rank
     # ---- the run already in run_dir continues only with its own recipe and data
     data = runs.data_hash(train_subjects, reference)
     state = runs.read_state(run_dir) if resume else None
@@ -291,8 +285,7 @@ def _train(train_subjects, run_dir: Path, config, device, resume, progress, refe
         runs.start_over(run_dir)
     n_stages, stage_steps = len(config.stages), [st.steps for st in config.stages]
     if state is not None and state["stage"] >= n_stages:
-        if main:
-            print(f"{run_dir} holds a finished run: nothing to train (use a new folder, or resume=False to train again)")
+        say(f"{run_dir} holds a finished run: nothing to train (use a new folder, or resume=False to train again)")
         model = BraInCoRL(ModelConfig.from_dict(state["model_config"]))
         model.load_state_dict(state["model"])
         return model.to(device).eval()
@@ -332,12 +325,10 @@ def _train(train_subjects, run_dir: Path, config, device, resume, progress, refe
     if state is not None:
         runs.restore(state, model, optimizer, generators, rng, stage_steps, run_dir)
         start_stage, start_step, elapsed0 = state["stage"], state["step"], state["train_seconds"]
-        if main:
-            print(f"resuming {run_dir} at stage {start_stage + 1} step {start_step}")
+        say(f"resuming {run_dir} at stage {start_stage + 1} step {start_step}")
     budget = math.inf if config.max_minutes is None else 60 * config.max_minutes
     if elapsed0 >= budget:
-        if main:
-            print(f"{run_dir} has used its time budget ({config.max_minutes} min): nothing to train")
+        say(f"{run_dir} has used its time budget ({config.max_minutes} min): nothing to train")
         return model.eval()
     if main:
         runs.cut_log(run_dir / runs.LOG, runs.steps_before(stage_steps, start_stage, start_step))
@@ -425,9 +416,9 @@ def _train(train_subjects, run_dir: Path, config, device, resume, progress, refe
     if ctrl_c.hit and saved_at[0] < n_stages:
         raise KeyboardInterrupt(f"interrupted: {run_dir} was saved at stage {saved_at[0] + 1} step {saved_at[1]}; "
                                 f"run it again to resume")
-    if out_of_time and main and saved_at[0] < n_stages:
-        print(f"time budget of {config.max_minutes} min used: {run_dir} was saved at stage {saved_at[0] + 1} "
-              f"step {saved_at[1]}")
+    if out_of_time and saved_at[0] < n_stages:
+        say(f"time budget of {config.max_minutes} min used: {run_dir} was saved at stage {saved_at[0] + 1} "
+            f"step {saved_at[1]}")
     return model.eval()
 
 

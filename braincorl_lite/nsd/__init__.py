@@ -1,10 +1,11 @@
 """The real-data path: NSD files and CLIP weights -> the :class:`~braincorl_lite.data.SubjectData`
 files that ``load_dataset("nsd")`` reads. It uses the core; the core never imports it.
 
-Modules, in the order data flow through them: :mod:`.fetch` (cached, hash-checked downloads of
-the files in ``data_manifests/``), :mod:`.design` (NSD's design, sessions and ROI label tables),
-:mod:`.features` (CLIP embeddings with open_clip), :mod:`.prepare` (one subject's container) and
-:mod:`.cli` (the ``fetch``, ``extract-features`` and ``prepare-nsd`` commands).
+Modules, in the order data flow through them: ``fetch`` (cached, hash-checked downloads of
+the files in ``data_manifests/``), ``design`` (NSD's design, sessions and ROI label tables),
+``features`` (CLIP embeddings with open_clip), ``prepare`` (one subject's container) and
+``cli`` (the ``fetch``, ``extract-features`` and ``prepare-nsd`` commands). Their public names
+are importable from ``braincorl_lite.nsd``.
 """
 
 from .design import (FLOC_FILES, FLOC_LABELS, NSD_PUBLIC_SESSIONS, NSD_SESSIONS_COMPLETED, ROI_MAP,

@@ -17,7 +17,7 @@ from ..errors import BraInCoRLError, ConfigError
 
 #: core NSD sessions each subject completed (NSD data manual, "Technical notes")
 NSD_SESSIONS_COMPLETED = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
-#: sessions of the original public release: the last three of each subject were held out
+#: sessions of the original public release (the last three of each subject were held out)
 NSD_PUBLIC_SESSIONS = {s: n - 3 for s, n in NSD_SESSIONS_COMPLETED.items()}
 TRIALS_PER_SESSION = 750
 BETA_SCALE = 300.0  #: NSD stores betas as int16 percent signal change x 300

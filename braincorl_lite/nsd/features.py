@@ -125,10 +125,12 @@ def load_clip(model: str = "ViT-B-32", pretrained: Optional[str] = "openai", *,
         Weights tag of ``data_manifests/clip.yaml`` (``"openai"``, ``"laion2b_s34b_b79k"``);
         ``None``/``"none"``: random weights. ``weights`` replaces the manifest's file.
     download : bool
-        Download a missing checkpoint (default: raise :class:`~.fetch.MissingDataError`).
+        Download a missing checkpoint (default: raise
+        :class:`~braincorl_lite.nsd.MissingDataError`).
     quick_gelu : bool, optional
         QuickGELU activations; a manifest tag sets it (a contradicting value raises
-        :class:`ConfigError`); needed with ``weights`` and a tag the manifest does not know.
+        :class:`~braincorl_lite.errors.ConfigError`); needed with ``weights`` and a tag the manifest
+        does not know.
     """
     import open_clip
     import pooch
@@ -222,7 +224,7 @@ def load_clip_offline(model: str = "ViT-B-32", pretrained: str = "openai", devic
 
 
 def sample_photographs(names: Optional[Sequence[str]] = None) -> dict:
-    """Photographs bundled with scikit-image (:data:`SAMPLE_PHOTOS`, no download), name -> RGB uint8.
+    """Photographs bundled with scikit-image (``SAMPLE_PHOTOS``, no download), name -> RGB uint8.
 
     >>> {k: v.shape for k, v in sample_photographs(["astronaut", "camera"]).items()}
     {'astronaut': (512, 512, 3), 'camera': (512, 512, 3)}
@@ -432,7 +434,7 @@ def extract_folder_features(images_dir: Union[str, Path], out: Union[str, Path],
     """Embed every image of a folder (sorted by name; ids 0..n-1, names in ``/names``).
 
     ``recursive`` also walks sub-folders; ``kwargs`` are those of :func:`extract_nsd_features`. An
-    image that cannot be decoded raises :class:`FeaturesInputError` naming the file.
+    image that cannot be decoded raises ``FeaturesInputError`` (a ``ValueError``) naming the file.
     """
     from PIL import Image, UnidentifiedImageError
 

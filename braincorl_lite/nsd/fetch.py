@@ -401,7 +401,7 @@ def _download(entry: Entry, cache: Path, retries: int, progressbar: bool, timeou
 
 def locate(entry, *, download: bool = False, verify: bool = True, cache: Optional[os.PathLike] = None,
            retries: int = 3, progressbar: bool = True, timeout: float = 60.0, **params) -> Path:
-    """Path of a manifest file (name or :class:`Entry`, ``params`` fill its placeholders) in the cache.
+    """Path of a manifest file (name or ``Entry``, ``params`` fill its placeholders) in the cache.
 
     A cached file is checked against its sha256 (manifest or pin) when ``verify``; a missing one
     raises :class:`MissingDataError` with the fetch command, or is downloaded when ``download``

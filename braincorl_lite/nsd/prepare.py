@@ -203,14 +203,15 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
     Parameters
     ----------
     features : path or (ids, array)
-        Unit-norm image embeddings: a file of :mod:`.features` (or ``.npz`` with ``image_ids`` and
-        ``features``) or a pair of arrays, covering the subject's images (0-based NSD ids).
+        Unit-norm image embeddings: a file of :func:`~braincorl_lite.nsd.save_features` (or
+        ``.npz`` with ``image_ids`` and ``features``) or a pair of arrays, covering the subject's
+        images (0-based NSD ids).
     out : path, optional
         Where to save the container (atomically).
     nsd_root : path, optional
         A local NSD copy with the bucket's layout; default: the cache (``$BRAINCORL_DATA/nsd``).
     sessions : None, str or sequence of int
-        See :func:`~.design.parse_sessions`; default: the public sessions.
+        See :func:`~braincorl_lite.nsd.parse_sessions`; default: the public sessions.
     min_repeats : {1, 2, 3}
         Keep images shown at least this many times in those sessions.
     ncsnr : {"computed", "nsd"}
@@ -220,7 +221,7 @@ def prepare_subject(subject: int, features, out: Optional[Union[str, Path]] = No
     use_stim_info : bool
         Cross-check ``nsd_stim_info_merged.csv`` when present, and keep its COCO ids.
     voxels : {"nsdgeneral", "higher-visual"}
-        Which voxels to keep (:data:`VOXEL_SETS`), recorded in ``meta["voxel_set"]``.
+        Which voxels to keep (``VOXEL_SETS``), recorded in ``meta["voxel_set"]``.
 
     Returns
     -------
