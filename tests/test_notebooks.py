@@ -151,7 +151,7 @@ def test_intro_has_the_classroom_path_and_glues_its_results():
 def test_book_builds_with_warnings_as_errors(tmp_path):
     exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
     t0 = time.perf_counter()
-    proc = subprocess.run([exe, "build", str(ROOT), "--toc", "book/_toc.yml", "-W", "--path-output", str(tmp_path)],
+    proc = subprocess.run([exe, "build", str(ROOT), "--toc", "book/_toc.yml", "-W", "-n", "--path-output", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
