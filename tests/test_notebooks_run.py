@@ -1,6 +1,6 @@
 """Every chapter executed with fast parameters (papermill): the values it records make sense.
 
-The student edition of chapter 0 is executed too: without its solutions it must still run.
+The student editions are executed too: without their solutions they must still run.
 """
 
 from pathlib import Path
@@ -14,7 +14,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 pytestmark = pytest.mark.slow
 
 
-def test_00_ridge_to_bayes(run_notebook, tmp_path):
+def test_00_ridge_to_bayes(run_notebook):
     rec = run_notebook("00_ridge_to_bayes.ipynb", fast=True, size="tiny", seed=1)
     # SimNSD's response model: residuals around the true encoder have the stated noise variance
     assert 0.8 < rec["noise_model_ratio_median"] < 1.2
@@ -35,8 +35,11 @@ def test_00_ridge_to_bayes(run_notebook, tmp_path):
     # the three exercises' solutions ran; the by-hand mixture posterior is exact
     assert rec["exercise_0_3"] == pytest.approx(0.541, abs=1e-3)
     assert {"exercise_0_1", "exercise_0_2"} <= set(rec)
-    # the student edition (no solutions) runs from top to bottom
-    [student] = write_students([NOTEBOOKS / "00_ridge_to_bayes.ipynb"], tmp_path / "students")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("0*.ipynb")))
+def test_student_edition_runs_without_solutions(name, tmp_path):
+    [student] = write_students([NOTEBOOKS / name], tmp_path / "students")
     execute_notebook(student, parameters={"fast": True, "size": "tiny", "seed": 1}, cwd=tmp_path)
     assert not any(k.startswith("exercise_") for k in read_records(student))
 
