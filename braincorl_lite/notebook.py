@@ -87,6 +87,43 @@ def _read(notebook):
     return nbformat.read(str(notebook), as_version=4) if isinstance(notebook, (str, Path)) else notebook
 
 
+_GLUE_MIME = "application/papermill.record/"
+_GLUE_ROLE = re.compile(r"\{glue(?::(?:text|md|any))?\}`([^`:]+)(?::([^`]*))?`")
+
+
+def glued_values(notebook) -> dict:
+    """The values glued with :func:`glue` in an executed notebook, as myst-nb stores them:
+    ``{name: (mime, text)}`` with the mime ``text/plain`` (a ``repr``) or ``text/markdown``."""
+    out = {}
+    for cell in _read(notebook).cells:
+        for o in cell.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            for mime, text in o.get("data", {}).items():
+                if name and mime.startswith(_GLUE_MIME):
+                    out[name] = (mime[len(_GLUE_MIME):], text)
+    return out
+
+
+def resolve_glue(markdown: str, values: dict) -> str:
+    """``markdown`` with its ``{glue:...}`name:fmt``` roles replaced by the glued values, formatted as
+    the book formats them; roles naming an unknown value (or another document) stay as they are.
+
+    >>> resolve_glue("EV {glue:text}`ev:.3f`, {glue:md}`who`", {"ev": ("text/plain", "0.12345"),
+    ...                                                    "who": ("text/markdown", "ridge")})
+    'EV 0.123, ridge'
+    """
+    import ast
+
+    def paste(m):
+        if m.group(1) not in values:
+            return m.group(0)
+        mime, text = values[m.group(1)]
+        if mime != "text/plain" or not m.group(2):
+            return text
+        return format(ast.literal_eval(text), m.group(2))
+    return _GLUE_ROLE.sub(paste, markdown)
+
+
 def read_records(notebook) -> dict:
     """All values recorded with :func:`record` in an executed notebook (path or nbformat node)."""
     out = {}
@@ -255,7 +292,7 @@ def check_notebook(notebook, min_exercises: int = 3) -> list:
     found = exercises(nb)
     if len(found) < min_exercises:
         problems.append(f"{len(found)} exercises (at least {min_exercises})")
-    records = read_records(nb)
+    records, glued = read_records(nb), glued_values(nb)
     for ex in found:
         title = ex["title"]
         m = re.match(r"Exercise (\d+)\.(\d+)", title)
@@ -277,8 +314,8 @@ def check_notebook(notebook, min_exercises: int = 3) -> list:
             problems.append(f"{title!r}: the solution cell must also be tagged 'hide-input'")
         for name, spec in ex["expected"].items():
             value, tol = (list(spec) + [None])[:2] if isinstance(spec, (list, tuple)) else (spec, None)
-            if not _typed_in_text(ex["text"], value, tol):
-                problems.append(f"{title!r}: expected value {value!r} is not written in its text")
+            if not _typed_in_text(resolve_glue(ex["text"], glued), value, tol):
+                problems.append(f"{title!r}: expected value {value!r} is not in its text")
             if name not in records:
                 problems.append(f"{title!r}: the solution does not record({name!r}, ...)")
             elif not _close(records[name], value, tol):
@@ -298,7 +335,7 @@ def check_notebook(notebook, min_exercises: int = 3) -> list:
         defined |= stored
         solution_only -= stored
     for cell in nb.cells:
-        if cell.cell_type == "markdown" and not ({EXERCISE, "remove-cell"} & set(_tags(cell))):
+        if cell.cell_type == "markdown" and "remove-cell" not in _tags(cell):
             typed = typed_numbers(cell.source)
             if typed:
                 line = cell.source.strip().splitlines()[0][:60]
@@ -307,7 +344,8 @@ def check_notebook(notebook, min_exercises: int = 3) -> list:
 
 
 def student_edition(notebook):
-    """A copy without the cells tagged ``solution``, with every output cleared.
+    """A copy without the cells tagged ``solution``, with every output cleared and the glued
+    values pasted into the text (Jupyter does not render ``{glue:...}`` roles).
 
     A list comprehension does what nbconvert's ``TagRemovePreprocessor`` and
     ``ClearOutputPreprocessor`` would, without the dependency.
@@ -317,10 +355,13 @@ def student_edition(notebook):
     import nbformat
 
     nb = copy.deepcopy(_read(notebook))
+    glued = glued_values(nb)  # read before the solutions (which glue the expected results) go
     nb.cells = [c for c in nb.cells if SOLUTION not in _tags(c)]
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+        elif cell.cell_type == "markdown":  # Jupyter shows roles raw: paste the book's values
+            cell.source = resolve_glue(cell.source, glued)
     note = nbformat.v4.new_markdown_cell(
         "*Student edition: the solutions are removed. Each exercise states its expected result; "
         "the book shows the worked solutions.*")

@@ -15,8 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from braincorl_lite.notebook import (EXERCISE, RECORD_MIME, SOLUTION, check_notebook, exercises, typed_numbers,
-                                     write_students)
+from braincorl_lite.notebook import (EXERCISE, RECORD_MIME, SOLUTION, check_notebook, exercises, glued_values,
+                                     typed_numbers, write_students)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = [
@@ -101,7 +101,7 @@ def test_exercise_check_fails_on_broken_exercises(tmp_path):
             cell.metadata["tags"] = [SOLUTION]
     nbformat.write(nb, tmp_path / CHAPTERS[0])
     problems = "\n".join(check_notebook(tmp_path / CHAPTERS[0]))
-    assert problems.count("not written in its text") == 3 and problems.count("solution gives") == 3
+    assert problems.count("is not in its text") == 3 and problems.count("solution gives") == 3
     assert problems.count("hide-input") == 3
 
 
@@ -117,6 +117,12 @@ def test_student_editions(tmp_path):
         assert len(exercises(student)) == len(exercises(instructor))
         assert all(not c.outputs and c.execution_count is None for c in student.cells if c.cell_type == "code")
         assert "parameters" in [c for c in student.cells if c.cell_type == "code"][0].metadata["tags"]
+        # Jupyter does not render glue roles: the student reads the values, expected results included
+        glued = glued_values(instructor)
+        text = "\n".join(c.source for c in student.cells if c.cell_type == "markdown")
+        assert not [key for key in glued if f"`{key}:" in text or f"`{key}`" in text], name
+        for ex in exercises(student):
+            assert re.search(r"Expected result:\s*(-?\d|True|False)", ex["text"]), (name, ex["title"])
 
 
 def _setup_cell(name):
